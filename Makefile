@@ -1,0 +1,47 @@
+# usernet: build, test, lint, bench. See README.md.
+GO      ?= go
+BIN     ?= bin/usernet
+PKGS    ?= ./...
+STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
+
+.PHONY: build test unit e2e lint bench bench-smoke fuzz clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/usernet
+
+# test runs everything CI runs: unit tests under the race detector, then the
+# end-to-end tests, which drive the real binary as an unprivileged user and
+# need root only to create that user and the test's network namespaces.
+test: unit e2e
+
+unit:
+	$(GO) test -race -count=1 $(shell $(GO) list ./... | grep -v /e2e)
+
+e2e:
+	$(GO) test -count=1 -timeout 20m -v ./e2e/
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet $(PKGS)
+	$(STATICCHECK) $(PKGS)
+
+# bench runs every workload for every system (needs root for the peers'
+# namespaces; usernet itself runs as an unprivileged user). PROFILE=1 adds
+# pprof CPU and allocation profiles of the usernet daemon.
+bench: build
+	$(GO) run ./bench/harness -bin $(BIN) $(if $(PROFILE),-profile) $(BENCHFLAGS)
+
+# bench-smoke is one short repetition of everything, so the harness cannot rot.
+bench-smoke: build
+	$(GO) run ./bench/harness -bin $(BIN) -smoke
+
+# fuzz gives each fuzz target a short run.
+fuzz:
+	@for p in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 10s $$p || exit 1; \
+	  done; \
+	done
+
+clean:
+	rm -rf bin
