@@ -1,0 +1,172 @@
+package nat
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+)
+
+// These tests run guest traffic through the real gateway and switch to
+// servers on the host's loopback.
+
+func (g *guest) dialTCP(t *testing.T, dst netip.AddrPort) (*gonet.TCPConn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return gonet.DialContextTCP(ctx, g.s, full(dst), ipv4.ProtocolNumber)
+}
+
+// TestE2ETCPBulkAndHalfClose: the guest uploads 100 MB through the NAT to
+// a host loopback server (reached at the gateway's address) and
+// half-closes; the server sees EOF, then sends 100 MB back on the same
+// connection. Both streams must arrive intact (sha256).
+func TestE2ETCPBulkAndHalfClose(t *testing.T) {
+	size := int64(100 << 20)
+	if testing.Short() || raceEnabled {
+		// The race detector slows the stacks down about tenfold.
+		size = 16 << 20
+	}
+	// The expected hashes first, so that computing them does not compete
+	// for CPU with the transfers being measured.
+	want1, _, _ := hashOf(randomStream(1, size))
+	want2, _, _ := hashOf(randomStream(2, size))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type upload struct {
+		sum [32]byte
+		n   int64
+		err error
+	}
+	uploaded := make(chan upload, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			uploaded <- upload{err: err}
+			return
+		}
+		defer c.Close()
+		sum, n, err := hashOf(c) // until the guest's half-close
+		uploaded <- upload{sum, n, err}
+		if err == nil {
+			_, err = io.Copy(struct{ io.Writer }{c}, randomStream(2, size))
+		}
+		if err == nil {
+			c.(*net.TCPConn).CloseWrite()
+		}
+	}()
+
+	n := newTestNet(t, Config{HostLoopback: true})
+	g := n.addGuest(t, guestAddr)
+	c, err := g.dialTCP(t, netip.AddrPortFrom(testPrefix.Addr(), uint16(ln.Addr().(*net.TCPAddr).Port)))
+	if err != nil {
+		t.Fatalf("guest dial: %v", err)
+	}
+	defer c.Close()
+
+	start := time.Now()
+	if _, err := io.Copy(struct{ io.Writer }{c}, randomStream(1, size)); err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatalf("guest CloseWrite: %v", err)
+	}
+	up := <-uploaded
+	upTime := time.Since(start)
+	if up.err != nil || up.n != size || up.sum != want1 {
+		t.Fatalf("host received %d bytes (err %v), hash match %v; want %d intact", up.n, up.err, up.sum == want1, size)
+	}
+
+	start = time.Now()
+	sum, got, err := hashOf(c)
+	downTime := time.Since(start)
+	if err != nil || got != size || sum != want2 {
+		t.Fatalf("guest received %d bytes (err %v), hash match %v; want %d intact", got, err, sum == want2, size)
+	}
+	mb := float64(size) / 1e6
+	t.Logf("%.0f MB guest->host in %v (%.0f MB/s), host->guest in %v (%.0f MB/s), MTU %d",
+		mb, upTime.Round(time.Millisecond), mb/upTime.Seconds(), downTime.Round(time.Millisecond), mb/downTime.Seconds(), testMTU)
+	if s := n.out.Stats(); s.TCPRelayed != 1 {
+		t.Fatalf("TCPRelayed = %d, want 1", s.TCPRelayed)
+	}
+}
+
+// TestE2ETCPRefused: what the host refuses, or the NAT may not forward,
+// the guest sees refused (RST), not a connection that dies later.
+func TestE2ETCPRefused(t *testing.T) {
+	srv := echoServer(t)
+	tests := []struct {
+		name         string
+		hostLoopback bool
+		port         uint16
+	}{
+		{"host port closed", true, closedPort(t)},
+		{"HostLoopback off", false, srv.Port()},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newTestNet(t, Config{HostLoopback: tc.hostLoopback})
+			g := n.addGuest(t, guestAddr)
+			c, err := g.dialTCP(t, netip.AddrPortFrom(testPrefix.Addr(), tc.port))
+			if err == nil {
+				c.Close()
+				t.Fatal("guest dial succeeded, want connection refused")
+			}
+			if !strings.Contains(err.Error(), "connection was refused") {
+				t.Fatalf("guest dial: %v, want connection refused", err)
+			}
+		})
+	}
+}
+
+// TestE2ETCPGatewayToLoopback: a connection to the gateway's address
+// reaches the host's loopback service on the same port.
+func TestE2ETCPGatewayToLoopback(t *testing.T) {
+	checkGoroutines(t)
+	srv := echoServer(t)
+	n := newTestNet(t, Config{HostLoopback: true})
+	g := n.addGuest(t, guestAddr)
+	c, err := g.dialTCP(t, netip.AddrPortFrom(testPrefix.Addr(), srv.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("from the guest"))
+	c.CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "hello from the guest" {
+		t.Fatalf("guest read %q, %v", got, err)
+	}
+}
+
+// TestE2EUDP: datagrams to the gateway's address reach a host loopback
+// UDP echo server and the replies come back to the guest socket.
+func TestE2EUDP(t *testing.T) {
+	checkGoroutines(t)
+	srv := udpEchoServer(t)
+	n := newTestNet(t, Config{HostLoopback: true})
+	g := n.addGuest(t, guestAddr)
+	dst := full(netip.AddrPortFrom(testPrefix.Addr(), srv.Port()))
+	c, err := gonet.DialUDP(g.s, nil, &dst, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, msg := range []string{"first", "second", "third"} {
+		if got := roundTrip(t, c, msg); got != "echo "+msg {
+			t.Fatalf("reply %q, want %q", got, "echo "+msg)
+		}
+	}
+	if s := n.out.Stats(); s.UDPFlows != 1 || s.UDPLive != 1 {
+		t.Fatalf("stats %+v: want one flow", s)
+	}
+}

@@ -1,0 +1,161 @@
+package nat
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// UDP flow timeouts. A flow that never saw a reply is most likely a probe
+// or a lost query and goes quickly (Linux conntrack's 30 s); a flow that
+// has seen replies is a conversation and stays 180 s (passt); DNS flows
+// are one query, one answer and go after 10 s (libslirp's SO_EXPIREFAST),
+// since resolvers pick a fresh source port per query and would otherwise
+// fill the table.
+const (
+	udpUnrepliedTimeout = 30 * time.Second
+	udpRepliedTimeout   = 180 * time.Second
+	udpDNSTimeout       = 10 * time.Second
+)
+
+var (
+	errTableFull = errors.New("flow table full")
+	errFlowExist = errors.New("flow already exists")
+)
+
+// flowKey is a UDP flow's 5-tuple: the protocol is implied (the table
+// holds UDP only), Src is the side that sent the first datagram (the guest
+// for outbound NAT, the host client for a published port) and Dst the
+// side it was sent to. Both directions of a conversation share one key.
+type flowKey struct {
+	Src, Dst netip.AddrPort
+}
+
+// flowEntry is one flow's bookkeeping and the caller's value for it.
+type flowEntry[V any] struct {
+	value   V
+	last    time.Time // last datagram in either direction
+	replied bool      // a datagram went Dst -> Src
+}
+
+// flowTable is the UDP flow table: a plain data structure with no
+// goroutines and no clock of its own. Every method takes the time of the
+// event it records; the caller serializes calls (it is not safe for
+// concurrent use) and decides when to call expire. V is whatever the
+// caller keeps per flow (its sockets); the table never looks inside.
+type flowTable[V any] struct {
+	max   int
+	flows map[flowKey]*flowEntry[V]
+}
+
+// newFlowTable returns an empty table holding at most max flows.
+func newFlowTable[V any](max int) *flowTable[V] {
+	return &flowTable[V]{max: max, flows: make(map[flowKey]*flowEntry[V])}
+}
+
+// add inserts a new flow created by a datagram Src -> Dst at time at. It
+// fails with errTableFull when the table holds max flows and with
+// errFlowExist when k is already present.
+func (t *flowTable[V]) add(k flowKey, v V, at time.Time) error {
+	if _, ok := t.flows[k]; ok {
+		return errFlowExist
+	}
+	if len(t.flows) >= t.max {
+		return errTableFull
+	}
+	t.flows[k] = &flowEntry[V]{value: v, last: at}
+	return nil
+}
+
+// get returns k's value and reports whether the flow exists.
+func (t *flowTable[V]) get(k flowKey) (V, bool) {
+	e, ok := t.flows[k]
+	if !ok {
+		var zero V
+		return zero, false
+	}
+	return e.value, true
+}
+
+// sent records a datagram Src -> Dst at time at and reports whether the
+// flow exists.
+func (t *flowTable[V]) sent(k flowKey, at time.Time) bool {
+	e, ok := t.flows[k]
+	if ok && at.After(e.last) {
+		e.last = at
+	}
+	return ok
+}
+
+// received records a datagram Dst -> Src (a reply) at time at and reports
+// whether the flow exists.
+func (t *flowTable[V]) received(k flowKey, at time.Time) bool {
+	e, ok := t.flows[k]
+	if !ok {
+		return false
+	}
+	e.replied = true
+	if at.After(e.last) {
+		e.last = at
+	}
+	return true
+}
+
+// deadline returns the time at which k expires if nothing more is seen,
+// and reports whether the flow exists.
+func (t *flowTable[V]) deadline(k flowKey) (time.Time, bool) {
+	e, ok := t.flows[k]
+	if !ok {
+		return time.Time{}, false
+	}
+	return e.last.Add(flowTimeout(k, e.replied)), true
+}
+
+// flowTimeout is the idle time after which a flow expires.
+func flowTimeout(k flowKey, replied bool) time.Duration {
+	switch {
+	case k.Dst.Port() == 53:
+		return udpDNSTimeout
+	case replied:
+		return udpRepliedTimeout
+	default:
+		return udpUnrepliedTimeout
+	}
+}
+
+// expire removes every flow whose deadline is at or before at and returns
+// their values so the caller can close them.
+func (t *flowTable[V]) expire(at time.Time) []V {
+	var out []V
+	for k, e := range t.flows {
+		if !at.Before(e.last.Add(flowTimeout(k, e.replied))) {
+			out = append(out, e.value)
+			delete(t.flows, k)
+		}
+	}
+	return out
+}
+
+// remove deletes k and returns its value, reporting whether it was there.
+func (t *flowTable[V]) remove(k flowKey) (V, bool) {
+	e, ok := t.flows[k]
+	if !ok {
+		var zero V
+		return zero, false
+	}
+	delete(t.flows, k)
+	return e.value, true
+}
+
+// removeAll empties the table and returns every value.
+func (t *flowTable[V]) removeAll() []V {
+	out := make([]V, 0, len(t.flows))
+	for k, e := range t.flows {
+		out = append(out, e.value)
+		delete(t.flows, k)
+	}
+	return out
+}
+
+// len returns the number of flows.
+func (t *flowTable[V]) len() int { return len(t.flows) }

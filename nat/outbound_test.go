@@ -1,0 +1,389 @@
+package nat
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// fakeClock is a Config.Clock that moves only when told to.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: t0} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// testLogger logs through t, so failures come with the package's log.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+// fakeTCPRequest stands in for *stack.TCPRequest: Accept hands out the
+// relay's end of a loopback TCP pair whose other end plays the guest.
+type fakeTCPRequest struct {
+	relayEnd *net.TCPConn
+	accepted chan struct{}
+	rejected chan struct{}
+}
+
+func newFakeTCPRequest(t *testing.T) (*fakeTCPRequest, *net.TCPConn) {
+	guest, relayEnd := tcpPair(t)
+	return &fakeTCPRequest{relayEnd: relayEnd, accepted: make(chan struct{}), rejected: make(chan struct{})}, guest
+}
+
+func (r *fakeTCPRequest) Accept() (guestConn, error) { close(r.accepted); return r.relayEnd, nil }
+func (r *fakeTCPRequest) Reject()                    { close(r.rejected); r.relayEnd.Close() }
+
+// outcome waits for the request to be accepted or rejected.
+func (r *fakeTCPRequest) outcome(t *testing.T) string {
+	t.Helper()
+	select {
+	case <-r.accepted:
+		return "accepted"
+	case <-r.rejected:
+		return "rejected"
+	case <-time.After(10 * time.Second):
+		t.Fatal("request neither accepted nor rejected")
+		return ""
+	}
+}
+
+// echoServer runs a TCP server on 127.0.0.1 that answers every connection
+// with "hello " + what it read until EOF.
+func echoServer(t *testing.T) netip.AddrPort {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b, _ := io.ReadAll(c)
+				c.Write(append([]byte("hello "), b...))
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// closedPort returns a loopback port with nothing listening.
+func closedPort(t *testing.T) uint16 {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	return uint16(p)
+}
+
+var gw = netip.MustParseAddr("172.17.0.1")
+
+func TestOutboundTCP(t *testing.T) {
+	srv := echoServer(t)
+	guestSrc := netip.MustParseAddrPort("172.17.0.2:40000")
+	tests := []struct {
+		name         string
+		hostLoopback bool
+		dst          netip.AddrPort
+		want         string
+	}{
+		{"gateway to host loopback", true, netip.AddrPortFrom(gw, srv.Port()), "accepted"},
+		{"gateway without HostLoopback", false, netip.AddrPortFrom(gw, srv.Port()), "rejected"},
+		{"refused dial", true, netip.AddrPortFrom(gw, closedPort(t)), "rejected"},
+		{"loopback destination never forwarded", true, srv, "rejected"},
+		{"multicast destination", true, netip.MustParseAddrPort("224.0.0.1:80"), "rejected"},
+		{"port zero", true, netip.AddrPortFrom(gw, 0), "rejected"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := NewOutbound(Config{Gateway: gw, HostLoopback: tc.hostLoopback, Logger: testLogger(t)})
+			defer o.Close()
+			req, guest := newFakeTCPRequest(t)
+			go o.handleTCP(guestSrc, tc.dst, req)
+			if got := req.outcome(t); got != tc.want {
+				t.Fatalf("request %s, want %s", got, tc.want)
+			}
+			if tc.want != "accepted" {
+				if s := o.Stats(); s.TCPRefused != 1 {
+					t.Fatalf("TCPRefused = %d, want 1", s.TCPRefused)
+				}
+				return
+			}
+			guest.Write([]byte("guest"))
+			guest.CloseWrite()
+			got, err := io.ReadAll(guest)
+			if err != nil || string(got) != "hello guest" {
+				t.Fatalf("guest read %q, %v; want %q", got, err, "hello guest")
+			}
+		})
+	}
+}
+
+// blockingDialer blocks every dial until release is closed and reports
+// each dial that started.
+type blockingDialer struct {
+	started chan string
+	release chan struct{}
+}
+
+func (d *blockingDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	d.started <- address
+	select {
+	case <-d.release:
+		return nil, errors.New("test dial refused")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// TestOutboundInFlightCaps: attempts still dialing are capped per source
+// and in total; over the cap the SYN is reset at once.
+func TestOutboundInFlightCaps(t *testing.T) {
+	d := &blockingDialer{started: make(chan string, 10), release: make(chan struct{})}
+	o := NewOutbound(Config{Gateway: gw, Logger: testLogger(t), Dialer: d, MaxInFlight: 2, MaxInFlightPerSource: 1})
+	defer o.Close()
+	dst := netip.MustParseAddrPort("192.0.2.10:80")
+	src := func(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+	steps := []struct {
+		name    string
+		src     netip.AddrPort
+		blocked bool // reaches the dialer and waits; otherwise rejected at once
+	}{
+		{"first from A dials", src("172.17.0.2:1000"), true},
+		{"second from A over per-source cap", src("172.17.0.2:1001"), false},
+		{"first from B dials", src("172.17.0.3:1000"), true},
+		{"C over total cap", src("172.17.0.4:1000"), false},
+	}
+	var pending []*fakeTCPRequest
+	for _, st := range steps {
+		req, _ := newFakeTCPRequest(t)
+		go o.handleTCP(st.src, dst, req)
+		if st.blocked {
+			select {
+			case <-d.started:
+			case <-req.rejected:
+				t.Fatalf("%s: rejected, want dialing", st.name)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: no dial started", st.name)
+			}
+			pending = append(pending, req)
+			continue
+		}
+		if got := req.outcome(t); got != "rejected" {
+			t.Fatalf("%s: %s, want rejected", st.name, got)
+		}
+	}
+	close(d.release)
+	for _, req := range pending {
+		if got := req.outcome(t); got != "rejected" {
+			t.Fatalf("pending request %s after failed dial, want rejected", got)
+		}
+	}
+	s := o.Stats()
+	if diff := cmp.Diff([2]uint64{2, 2}, [2]uint64{s.TCPCapped, s.TCPRefused}); diff != "" {
+		t.Fatalf("[capped refused] (-want +got):\n%s", diff)
+	}
+	// Slots are released: A may dial again.
+	req, _ := newFakeTCPRequest(t)
+	go o.handleTCP(src("172.17.0.2:1002"), dst, req)
+	select {
+	case <-d.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("A could not dial after its slot was released")
+	}
+	req.outcome(t)
+}
+
+// udpPair returns two loopback UDP sockets connected to each other.
+func udpPair(t *testing.T) (a, b *net.UDPConn) {
+	t.Helper()
+	a, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = net.DialUDP("udp", nil, a.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	a, err = net.DialUDP("udp", a.LocalAddr().(*net.UDPAddr), b.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// fakeUDPRequest stands in for *stack.UDPRequest.
+type fakeUDPRequest struct{ conn net.Conn }
+
+func (r fakeUDPRequest) Accept() (net.Conn, error) { return r.conn, nil }
+
+// udpEchoServer answers every datagram with "echo " + the datagram.
+func udpEchoServer(t *testing.T) netip.AddrPort {
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteToUDPAddrPort(append([]byte("echo "), buf[:n]...), from)
+		}
+	}()
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+func roundTrip(t *testing.T, c net.Conn, msg string) string {
+	t.Helper()
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 2048)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("read reply to %q: %v", msg, err)
+	}
+	return string(buf[:n])
+}
+
+// TestOutboundUDP: a flow to the gateway reaches the host's loopback echo
+// server, lives while replied, and its sockets are closed when it expires
+// on the injected clock.
+func TestOutboundUDP(t *testing.T) {
+	checkGoroutines(t)
+	srv := udpEchoServer(t)
+	clk := newFakeClock()
+	o := NewOutbound(Config{Gateway: gw, HostLoopback: true, Logger: testLogger(t), Clock: clk.Now})
+	defer o.Close()
+	guest, relayEnd := udpPair(t)
+	o.handleUDP(netip.MustParseAddrPort("172.17.0.2:5000"), netip.AddrPortFrom(gw, srv.Port()), fakeUDPRequest{relayEnd})
+	for _, msg := range []string{"one", "two"} {
+		if got := roundTrip(t, guest, msg); got != "echo "+msg {
+			t.Fatalf("reply %q, want %q", got, "echo "+msg)
+		}
+	}
+	if s := o.Stats(); s.UDPFlows != 1 || s.UDPLive != 1 {
+		t.Fatalf("stats %+v: want one live flow", s)
+	}
+	clk.Advance(udpUnrepliedTimeout + time.Second)
+	o.expire()
+	if got := o.Stats().UDPLive; got != 1 {
+		t.Fatalf("replied flow expired after %v", udpUnrepliedTimeout+time.Second)
+	}
+	clk.Advance(udpRepliedTimeout)
+	o.expire()
+	if got := o.Stats().UDPLive; got != 0 {
+		t.Fatalf("UDPLive = %d after %v idle, want 0", got, udpRepliedTimeout+udpUnrepliedTimeout)
+	}
+	// The relay's end is closed: reading it fails instead of blocking.
+	relayEnd.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := relayEnd.Read(make([]byte, 10)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("expired flow's guest conn read: %v, want net.ErrClosed", err)
+	}
+}
+
+// TestOutboundUDPCap: a flow over MaxUDPFlows is dropped and counted, and
+// the destination rules apply as for TCP.
+func TestOutboundUDPCap(t *testing.T) {
+	srv := udpEchoServer(t)
+	o := NewOutbound(Config{Gateway: gw, HostLoopback: true, Logger: testLogger(t), MaxUDPFlows: 1})
+	defer o.Close()
+	dst := netip.AddrPortFrom(gw, srv.Port())
+	g1, r1 := udpPair(t)
+	o.handleUDP(netip.MustParseAddrPort("172.17.0.2:5000"), dst, fakeUDPRequest{r1})
+	if got := roundTrip(t, g1, "a"); got != "echo a" {
+		t.Fatalf("first flow reply %q", got)
+	}
+	_, r2 := udpPair(t)
+	o.handleUDP(netip.MustParseAddrPort("172.17.0.2:5001"), dst, fakeUDPRequest{r2})
+	_, r3 := udpPair(t)
+	o.handleUDP(netip.MustParseAddrPort("172.17.0.2:5002"), srv, fakeUDPRequest{r3}) // loopback: never
+	s := o.Stats()
+	if diff := cmp.Diff([3]uint64{1, 1, 2}, [3]uint64{s.UDPFlows, s.UDPLive, s.UDPDropped}); diff != "" {
+		t.Fatalf("[flows live dropped] (-want +got):\n%s", diff)
+	}
+}
+
+// TestOutboundCloseEndsRelays: Close tears down live TCP relays and UDP
+// flows and returns.
+func TestOutboundCloseEndsRelays(t *testing.T) {
+	checkGoroutines(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		var held []net.Conn // kept open until the listener goes
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				for _, c := range held {
+					c.Close()
+				}
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	o := NewOutbound(Config{Gateway: gw, HostLoopback: true, Logger: testLogger(t)})
+	req, guest := newFakeTCPRequest(t)
+	handled := make(chan struct{})
+	go func() {
+		o.handleTCP(netip.MustParseAddrPort("172.17.0.2:1"), netip.AddrPortFrom(gw, uint16(ln.Addr().(*net.TCPAddr).Port)), req)
+		close(handled)
+	}()
+	if got := req.outcome(t); got != "accepted" {
+		t.Fatalf("request %s", got)
+	}
+	o.Close()
+	<-handled
+	guest.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(guest); err != nil {
+		t.Fatalf("guest after Close: %v, want EOF", err)
+	}
+}

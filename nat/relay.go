@@ -1,0 +1,133 @@
+package nat
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+)
+
+// The relay joins two stream connections, one from the guest side (a gonet
+// connection from the gateway) and one from the host side (a kernel socket).
+// It is the only copy loop in the package: outbound NAT and published ports
+// both use it.
+//
+//  1. Two copy loops run, one per direction; the caller's goroutine runs one
+//     of them, so a relay costs one extra goroutine.
+//  2. Each loop starts with a 32 KiB buffer and, once it has moved
+//     relayGrowAfter bytes, switches to a 256 KiB buffer: bulk transfers get
+//     large buffers (fewer syscalls and netstack passes per byte;
+//     NETSTACK.md R3), short request/response flows stay cheap. Both sizes
+//     come from process-wide pools shared by every network.
+//  3. A loop that reads EOF half-closes the other side (CloseWrite) and
+//     stops; the other direction keeps going, so a guest that shuts down
+//     its sending side still receives the answer.
+//  4. A loop that fails (reset, write error) closes both connections, which
+//     ends the other loop at once; a host socket is closed with a reset so
+//     the peer does not mistake the truncated stream for a complete one.
+//  5. When both loops are done both connections are closed.
+
+const (
+	relaySmallBuf  = 32 << 10
+	relayLargeBuf  = 256 << 10
+	relayGrowAfter = 1 << 20
+)
+
+// Pools hold *[]byte so that Put does not allocate.
+var (
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, relaySmallBuf); return &b }}
+	largeBufs = sync.Pool{New: func() any { b := make([]byte, relayLargeBuf); return &b }}
+)
+
+// closeWriter is implemented by *net.TCPConn, gVisor's gonet.TCPConn and
+// stack.TCPConn.
+type closeWriter interface {
+	CloseWrite() error
+}
+
+// relayResult reports what a relay moved; errors are the first error that
+// was not a clean end of stream in each direction, nil otherwise.
+type relayResult struct {
+	AToB, BToA       int64
+	AToBErr, BToAErr error
+}
+
+// relay copies a->b and b->a until both directions have ended, then closes
+// both connections. It blocks until then. Half-closes are propagated when
+// the connections implement CloseWrite; otherwise EOF closes the other
+// connection entirely.
+func relay(a, b net.Conn) relayResult {
+	var res relayResult
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		res.BToA, res.BToAErr = relayHalf(a, b)
+	}()
+	res.AToB, res.AToBErr = relayHalf(b, a)
+	wg.Wait()
+	a.Close()
+	b.Close()
+	return res
+}
+
+// relayHalf copies src to dst and then either half-closes dst (clean EOF)
+// or closes both (error). It returns the bytes copied and the error, nil
+// for a clean EOF.
+func relayHalf(dst, src net.Conn) (int64, error) {
+	n, err := copyGrowing(dst, src)
+	if err == nil {
+		if cw, ok := dst.(closeWriter); ok {
+			if cerr := cw.CloseWrite(); cerr == nil {
+				return n, nil
+			}
+		}
+		// No way to pass the half-close on: ending the connection is the
+		// closest the other side can see.
+		dst.Close()
+		return n, nil
+	}
+	if !isClosed(err) {
+		// src failed on its own (typically a reset): pass the abort on
+		// as a reset where the socket allows it, rather than a FIN that
+		// would make a truncated stream look complete.
+		for _, c := range []net.Conn{dst, src} {
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.SetLinger(0)
+			}
+		}
+	}
+	dst.Close()
+	src.Close()
+	if isClosed(err) {
+		// The other direction failed first and closed us; its error is
+		// the one worth reporting.
+		err = nil
+	}
+	return n, err
+}
+
+// copyGrowing is io.CopyBuffer with a buffer that grows from 32 KiB to
+// 256 KiB after relayGrowAfter bytes. The writer and reader are wrapped in
+// anonymous structs so that ReaderFrom/WriterTo implementations (which
+// would allocate their own 32 KiB buffer or pick a slower path) cannot
+// bypass our buffer.
+func copyGrowing(dst io.Writer, src io.Reader) (int64, error) {
+	w := struct{ io.Writer }{dst}
+	small := smallBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(w, &io.LimitedReader{R: src, N: relayGrowAfter}, *small)
+	smallBufs.Put(small)
+	if err != nil || n < relayGrowAfter {
+		return n, err
+	}
+	large := largeBufs.Get().(*[]byte)
+	m, err := io.CopyBuffer(w, struct{ io.Reader }{src}, *large)
+	largeBufs.Put(large)
+	return n + m, err
+}
+
+// isClosed reports whether err comes from using a connection this package
+// closed itself, which is how relays and flows are told to stop.
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
+}

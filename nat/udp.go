@@ -1,0 +1,221 @@
+package nat
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+	"time"
+)
+
+// Outbound UDP path. The gateway calls HandleUDP for the first datagram of
+// a new 4-tuple:
+//
+//  1. hostTarget checks and maps the destination, as for TCP.
+//  2. The flow is added to the flow table (flowtable.go) under o.mu; a full
+//     table drops the datagram and counts it.
+//  3. A connected host socket is dialed (so the kernel filters replies from
+//     other peers and picks one source port per flow) and the guest side is
+//     accepted; the first datagram arrives through the accepted conn.
+//  4. Two goroutines per flow copy datagrams each way and tell the table
+//     about every one (sent = guest to host, received = the reply).
+//  5. The janitor expires flows on Config.Clock (30 s unreplied, 180 s
+//     replied, 10 s for port 53) and closes their sockets, which ends the
+//     goroutines.
+
+// udpMaxDatagram fits any UDP payload (65535 - 8 - 20).
+const udpMaxDatagram = 65507
+
+// janitorInterval is how often expiry is checked. Expiry happens on the
+// injected clock; this only bounds how late a flow is closed.
+const janitorInterval = time.Second
+
+// udpFlow is one outbound UDP flow's sockets. guest and host are set once,
+// under Outbound.mu, after the flow is in the table.
+type udpFlow struct {
+	key   flowKey
+	guest net.Conn
+	host  net.Conn
+}
+
+// close closes whichever sockets the flow has.
+func (f *udpFlow) close() {
+	if f.guest != nil {
+		f.guest.Close()
+	}
+	if f.host != nil {
+		f.host.Close()
+	}
+}
+
+// udpRequest is the part of *stack.UDPRequest the UDP path uses.
+type udpRequest interface {
+	Accept() (net.Conn, error)
+}
+
+// handleUDP is the outbound UDP path described at the top of this file.
+func (o *Outbound) handleUDP(src, dst netip.AddrPort, r udpRequest) {
+	target, ok := o.hostTarget(dst)
+	if !ok {
+		o.udpDropped.Add(1)
+		return
+	}
+	f := &udpFlow{key: flowKey{Src: src, Dst: dst}}
+	o.mu.Lock()
+	err := errClosed
+	if !o.closed {
+		err = o.udp.add(f.key, f, o.cfg.Clock())
+	}
+	o.mu.Unlock()
+	switch {
+	case errors.Is(err, errTableFull):
+		o.udpDropped.Add(1)
+		o.limited.warn("nat: udp flow table full, dropping", "src", src, "dst", dst, "max", o.cfg.MaxUDPFlows)
+		return
+	case err != nil:
+		// Closed, or a duplicate request for a flow already set up.
+		o.udpDropped.Add(1)
+		return
+	}
+
+	host, err := o.dialer.DialContext(o.ctx, "udp", target.String())
+	if err != nil {
+		o.dropFlow(f)
+		o.dataError("nat: udp dial failed", "src", src, "dst", dst, "err", err)
+		return
+	}
+	guest, err := r.Accept()
+	if err != nil {
+		host.Close()
+		o.dropFlow(f)
+		o.dataError("nat: udp accept failed", "src", src, "dst", dst, "err", err)
+		return
+	}
+
+	o.mu.Lock()
+	f.guest, f.host = guest, host
+	if cur, ok := o.udp.get(f.key); o.closed || !ok || cur != f {
+		// Expired or closed while we dialed.
+		o.mu.Unlock()
+		f.close()
+		o.udpDropped.Add(1)
+		return
+	}
+	o.wg.Add(2)
+	o.mu.Unlock()
+	o.udpFlows.Add(1)
+	go o.udpGuestToHost(f)
+	go o.udpHostToGuest(f)
+}
+
+// dropFlow removes a flow that never got its sockets.
+func (o *Outbound) dropFlow(f *udpFlow) {
+	o.mu.Lock()
+	if cur, ok := o.udp.get(f.key); ok && cur == f {
+		o.udp.remove(f.key)
+	}
+	o.mu.Unlock()
+	o.udpDropped.Add(1)
+}
+
+// udpGuestToHost copies datagrams from the guest to the host socket.
+func (o *Outbound) udpGuestToHost(f *udpFlow) {
+	defer o.wg.Done()
+	defer o.endFlow(f)
+	buf := make([]byte, udpMaxDatagram)
+	for {
+		n, err := f.guest.Read(buf)
+		if err != nil {
+			return
+		}
+		o.mu.Lock()
+		o.udp.sent(f.key, o.cfg.Clock())
+		o.mu.Unlock()
+		if _, err := f.host.Write(buf[:n]); err != nil {
+			switch {
+			case isClosed(err):
+				return
+			case icmpReported(err):
+				// An earlier datagram drew an ICMP error (nothing
+				// listening, unreachable): ordinary for UDP, and the
+				// flow stays, as a kernel NAT would keep it.
+			default:
+				o.dataError("nat: udp send to host failed", "src", f.key.Src, "dst", f.key.Dst, "err", err)
+			}
+		}
+	}
+}
+
+// udpHostToGuest copies replies from the host socket to the guest.
+func (o *Outbound) udpHostToGuest(f *udpFlow) {
+	defer o.wg.Done()
+	defer o.endFlow(f)
+	buf := make([]byte, udpMaxDatagram)
+	for {
+		n, err := f.host.Read(buf)
+		if err != nil {
+			if icmpReported(err) {
+				// A connected UDP socket reports ICMP errors for
+				// earlier sends on the next read; they do not end the
+				// flow.
+				continue
+			}
+			return
+		}
+		o.mu.Lock()
+		o.udp.received(f.key, o.cfg.Clock())
+		o.mu.Unlock()
+		if _, err := f.guest.Write(buf[:n]); err != nil {
+			if isClosed(err) {
+				return
+			}
+			o.dataError("nat: udp send to guest failed", "src", f.key.Src, "dst", f.key.Dst, "err", err)
+		}
+	}
+}
+
+// icmpReported reports whether err is an ICMP error the kernel queued on a
+// connected UDP socket rather than a failure of the socket itself.
+func icmpReported(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EMSGSIZE)
+}
+
+// endFlow removes f from the table (if the janitor has not already) and
+// closes its sockets; it runs when either copy loop ends, so the other one
+// ends too.
+func (o *Outbound) endFlow(f *udpFlow) {
+	o.mu.Lock()
+	if cur, ok := o.udp.get(f.key); ok && cur == f {
+		o.udp.remove(f.key)
+	}
+	o.mu.Unlock()
+	f.close()
+}
+
+// janitor expires idle UDP flows and stale echo state until Close.
+func (o *Outbound) janitor() {
+	defer o.wg.Done()
+	t := time.NewTicker(janitorInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-o.ctx.Done():
+			return
+		case <-t.C:
+		}
+		o.expire()
+	}
+}
+
+// expire runs one expiry pass at the current Config.Clock time.
+func (o *Outbound) expire() {
+	now := o.cfg.Clock()
+	o.mu.Lock()
+	expired := o.udp.expire(now)
+	o.mu.Unlock()
+	for _, f := range expired {
+		f.close()
+	}
+	o.echo.expire(now)
+}
