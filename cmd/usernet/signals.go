@@ -1,0 +1,81 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"github.com/usernet/usernet/engine"
+)
+
+// forwardedSignals are the signals a foreground run or exec passes on to
+// its command instead of dying from them (docker's sig-proxy). With -t the
+// terminal sends ^C to usernet, not to the command: usernet is in the
+// terminal's foreground process group, the sandbox in the daemon's session.
+var forwardedSignals = []os.Signal{
+	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
+}
+
+// forwarder catches forwardedSignals from the moment it is made and
+// delivers them, in order, once start is called. Signals caught before
+// start wait in the channel (a few suffice: nobody types ^C sixteen times
+// while a sandbox starts).
+type forwarder struct {
+	errOut io.Writer // where delivery failures are reported
+	ch     chan os.Signal
+	done   chan struct{}
+	wg     sync.WaitGroup
+}
+
+// catchSignals starts catching forwardedSignals, and SIGWINCH too with
+// tty: the command holds the very terminal usernet was started on, so
+// after a resize it only needs the signal to read the new size itself.
+func catchSignals(errOut io.Writer, tty bool) *forwarder {
+	f := &forwarder{errOut: errOut, ch: make(chan os.Signal, 16), done: make(chan struct{})}
+	signal.Notify(f.ch, forwardedSignals...)
+	if tty {
+		signal.Notify(f.ch, syscall.SIGWINCH)
+	}
+	return f
+}
+
+// start delivers caught signals with send on a goroutine of its own until
+// stop. A command that already exited (ErrConflict) or was removed
+// (ErrNotFound) needs no signal, so those errors are not worth a word.
+func (f *forwarder) start(send func(os.Signal) error) {
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for {
+			select {
+			case sig := <-f.ch:
+				err := send(sig)
+				if err != nil && !errors.Is(err, engine.ErrConflict) && !errors.Is(err, engine.ErrNotFound) {
+					fmt.Fprintf(f.errOut, "usernet: forwarding %v: %s\n", sig, oneLine(err.Error()))
+				}
+			case <-f.done:
+				return
+			}
+		}
+	}()
+}
+
+// stop restores the signals' default handling and waits for the delivery
+// goroutine to end. Signals caught but not yet delivered are dropped.
+func (f *forwarder) stop() {
+	signal.Stop(f.ch)
+	close(f.done)
+	f.wg.Wait()
+}
+
+// toSyscall converts a caught signal (always a syscall.Signal on Linux).
+func toSyscall(sig os.Signal) syscall.Signal {
+	if s, ok := sig.(syscall.Signal); ok {
+		return s
+	}
+	return syscall.SIGTERM
+}
