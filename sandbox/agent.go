@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -63,7 +64,20 @@ type agent struct {
 	net   NetMode
 	procs map[int]uint64 // pid -> request ID, for running commands we started
 	main  int            // pid of the main command
+	// ttys holds the pty relays of running commands started with TTY,
+	// by pid; an entry goes when its command is reaped.
+	ttys map[int]*ptyRelay
+	// devpts reports whether the agent has mounted a devpts of its own.
+	devpts bool
+	// draining counts exec exit reports waiting for their pty to drain
+	// on goroutines of their own; the main command's report, which must
+	// be the last message, waits for them.
+	draining sync.WaitGroup
 }
+
+// errNoPTY marks a failure to allocate a command's pseudo-terminal: the
+// sandbox's fault, not the command's.
+var errNoPTY = errors.New("cannot allocate a pseudo-terminal")
 
 // runAgent returns the exit status the agent process ends with: the main
 // command's, so that even a daemon that lost the control channel sees it.
@@ -85,7 +99,7 @@ func runAgent() (int, error) {
 		closeFiles(stdio)
 		return 1, fmt.Errorf("first control message is %q, want %q", m.Kind, kindConfig)
 	}
-	a := &agent{ctl: ctl, net: m.Config.Net, procs: make(map[int]uint64)}
+	a := &agent{ctl: ctl, net: m.Config.Net, procs: make(map[int]uint64), ttys: make(map[int]*ptyRelay)}
 
 	// Subscribe before the command exists, so neither its SIGCHLD nor a
 	// signal for it is lost.
@@ -100,13 +114,12 @@ func runAgent() (int, error) {
 		a.reply(&message{Kind: kindFailed, Error: toWire(err, false)})
 		return 1, nil
 	}
-	pid, err := startCommand(&m.Config.Command, stdio)
-	closeFiles(stdio)
+	pid, err := a.start(&m.Config.Command, stdio)
 	if err != nil {
 		if tap != nil {
 			tap.Close()
 		}
-		a.reply(&message{Kind: kindFailed, Error: toWire(err, true)})
+		a.reply(&message{Kind: kindFailed, Error: toWire(err, !errors.Is(err, errNoPTY))})
 		return 127, nil
 	}
 	a.main = pid
@@ -196,8 +209,7 @@ func (a *agent) loop(r *reader, sigchld, fwd <-chan os.Signal) (int, error) {
 			}
 			a.serve(req)
 		case sig := <-fwd:
-			// ESRCH: the command exited and its SIGCHLD is on its way.
-			_ = unix.Kill(a.main, sig.(syscall.Signal))
+			a.signal(a.main, sig.(syscall.Signal))
 		case <-sigchld:
 			if code, done := a.reap(); done {
 				return code, nil
@@ -211,10 +223,9 @@ func (a *agent) serve(req request) {
 	m := req.m
 	switch m.Kind {
 	case kindExec:
-		pid, err := startCommand(m.Exec, req.stdio)
-		closeFiles(req.stdio)
+		pid, err := a.start(m.Exec, req.stdio)
 		if err != nil {
-			a.reply(&message{Kind: kindFailed, ID: m.ID, Error: toWire(err, true)})
+			a.reply(&message{Kind: kindFailed, ID: m.ID, Error: toWire(err, !errors.Is(err, errNoPTY))})
 			return
 		}
 		a.procs[pid] = m.ID
@@ -230,7 +241,7 @@ func (a *agent) serve(req request) {
 	case kindSignal:
 		for pid, id := range a.procs {
 			if id == m.ID {
-				_ = unix.Kill(pid, syscall.Signal(m.Signal))
+				a.signal(pid, syscall.Signal(m.Signal))
 			}
 		}
 	default:
@@ -238,10 +249,81 @@ func (a *agent) serve(req request) {
 	}
 }
 
+// signal delivers sig to a running command. SIGWINCH for a command on a
+// pty means "the user's terminal was resized": the agent copies the new
+// size to the pty and the kernel signals the pty's foreground process
+// group, which is the process that cares (a shell's current job), not
+// necessarily the command itself.
+func (a *agent) signal(pid int, sig syscall.Signal) {
+	if r := a.ttys[pid]; r != nil && sig == unix.SIGWINCH {
+		if err := r.resize(); err != nil {
+			fmt.Fprintf(os.Stderr, "usernet sandbox agent: %v\n", err)
+		}
+		return
+	}
+	// ESRCH: the command exited and its SIGCHLD is on its way.
+	_ = unix.Kill(pid, sig)
+}
+
+// start starts req, taking ownership of stdio. With TTY the command gets a
+// new pty and the agent relays it to stdio[0] and stdio[1] (a terminal
+// merges stderr into its output, so stdio[2] is not used).
+func (a *agent) start(req *execRequest, stdio []*os.File) (int, error) {
+	if !req.TTY {
+		defer closeFiles(stdio)
+		return startCommand(req, stdio)
+	}
+	stdio[2].Close()
+	ptm, pts, err := openPTY(&a.devpts)
+	if err != nil {
+		closeFiles(stdio[:2])
+		return 0, fmt.Errorf("%w: %w", errNoPTY, err)
+	}
+	defer pts.Close() // the command holds its own copies
+	r, err := newPTYRelay(ptm, stdio[0], stdio[1])
+	if err != nil {
+		unix.Close(ptm)
+		closeFiles(stdio[:2])
+		return 0, fmt.Errorf("%w: %w", errNoPTY, err)
+	}
+	if err := r.resize(); err != nil {
+		r.close()
+		return 0, fmt.Errorf("%w: %w", errNoPTY, err)
+	}
+	pid, err := startCommand(req, []*os.File{pts, pts, pts})
+	if err != nil {
+		r.close()
+		return 0, err
+	}
+	a.ttys[pid] = r
+	go r.run()
+	return pid, nil
+}
+
+// exited reports that the command pid, started for request id, exited
+// with code. A command on a pty is reported only once its output has
+// been drained, on a goroutine of its own: a user's terminal that does
+// not take the output must not stall the agent.
+func (a *agent) exited(pid int, id uint64, code int) {
+	r := a.ttys[pid]
+	delete(a.ttys, pid)
+	if r == nil {
+		a.reply(&message{Kind: kindExit, ID: id, Code: code})
+		return
+	}
+	a.draining.Add(1)
+	go func() {
+		defer a.draining.Done()
+		r.stop()
+		a.reply(&message{Kind: kindExit, ID: id, Code: code})
+	}()
+}
+
 // reap collects every child that has exited: commands it started (whose
 // status it reports) and orphans that were reparented to it. When the main
 // command is among them it kills and reaps the other commands, reports
-// them, then the main command, and returns the main command's status.
+// them, then (once every pty has been drained) the main command, and
+// returns the main command's status.
 func (a *agent) reap() (code int, done bool) {
 	mainCode, mainDone := 0, false
 	for {
@@ -262,7 +344,7 @@ func (a *agent) reap() (code int, done bool) {
 			mainCode, mainDone = exitCode(ws), true
 			continue
 		}
-		a.reply(&message{Kind: kindExit, ID: id, Code: exitCode(ws)})
+		a.exited(pid, id, exitCode(ws))
 	}
 	if !mainDone {
 		return 0, false
@@ -281,9 +363,14 @@ func (a *agent) reap() (code int, done bool) {
 		}
 		if id, ok := a.procs[pid]; ok {
 			delete(a.procs, pid)
-			a.reply(&message{Kind: kindExit, ID: id, Code: exitCode(ws)})
+			a.exited(pid, id, exitCode(ws))
 		}
 	}
+	if r := a.ttys[a.main]; r != nil {
+		delete(a.ttys, a.main)
+		r.stop()
+	}
+	a.draining.Wait()
 	a.reply(&message{Kind: kindExit, Code: mainCode})
 	return mainCode, true
 }
@@ -321,7 +408,8 @@ func startCommand(req *execRequest, stdio []*os.File) (int, error) {
 		Dir:   dir,
 		Env:   env,
 		Files: []uintptr{stdio[0].Fd(), stdio[1].Fd(), stdio[2].Fd()},
-		// Ctty is an fd number in the child: its stdin.
+		// Ctty is an fd number in the child: its stdin, the new pty's
+		// replica (see start), which controls no session yet.
 		Sys: &syscall.SysProcAttr{Setsid: req.TTY, Setctty: req.TTY, Ctty: 0},
 	}
 	pid, err := syscall.ForkExec(path, req.Args, attr)

@@ -73,10 +73,15 @@ type Spec struct {
 	// Hostname is set in the sandbox's UTS namespace; empty keeps the
 	// host's name.
 	Hostname string
-	// TTY makes the command a session leader with Stdin as its
-	// controlling terminal. Stdin must then be a terminal that is no other
-	// session's controlling terminal: a new pty's replica end (one per
-	// Exec, as docker exec -t allocates).
+	// TTY runs the command on a new pseudo-terminal that the agent
+	// allocates inside the sandbox (as docker -t does): the pty is the
+	// command's fds 0, 1 and 2 and its controlling terminal. The agent
+	// copies Stdin (the user's terminal, usually) to the pty and the pty's
+	// output to Stdout; Stderr is not used, a terminal merges it into the
+	// output. The pty takes its window size from Stdin (or Stdout) at the
+	// start and again on each SIGWINCH sent to the command with Signal.
+	// The user's side is the caller's to set up: put the terminal in raw
+	// mode, so that keys like ^C reach the pty unprocessed.
 	TTY bool
 	// Stdin, Stdout and Stderr become the command's fds 0, 1 and 2; nil
 	// means /dev/null.

@@ -70,6 +70,14 @@ func execInSandbox(ctx context.Context, e *env, o *execOptions, sandbox string, 
 	defer c.Close()
 	fw := catchSignals(e.err, o.tty)
 	defer fw.stop()
+	if o.tty {
+		// Raw mode before the start, as for run -t.
+		restore, err := rawTerminal(e)
+		if err != nil {
+			return err
+		}
+		defer restore()
+	}
 	execID, st, err := c.Exec(ctx, sandbox, req, files)
 	if err != nil {
 		return startFailure(err)

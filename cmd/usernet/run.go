@@ -187,12 +187,23 @@ func runSandbox(ctx context.Context, e *env, o *runOptions, args []string) error
 		fw = catchSignals(e.err, o.tty)
 		defer fw.stop()
 	}
+	// Raw mode before the start, so that the command's first output and
+	// the user's first keys already pass through unprocessed.
+	eol := "\n"
+	if o.tty && !o.detach {
+		restore, err := rawTerminal(e)
+		if err != nil {
+			return err
+		}
+		defer restore()
+		eol = "\r\n"
+	}
 	started, st, err := c.Run(ctx, req, files)
 	if err != nil {
 		return startFailure(err)
 	}
 	for _, w := range started.Warnings {
-		fmt.Fprintln(e.err, "WARNING: "+w)
+		fmt.Fprint(e.err, "WARNING: "+w+eol)
 	}
 	if o.detach {
 		fmt.Fprintln(e.out, started.ID)

@@ -13,9 +13,11 @@ import (
 )
 
 // forwardedSignals are the signals a foreground run or exec passes on to
-// its command instead of dying from them (docker's sig-proxy). With -t the
-// terminal sends ^C to usernet, not to the command: usernet is in the
-// terminal's foreground process group, the sandbox in the daemon's session.
+// its command instead of dying from them (docker's sig-proxy), so that
+// usernet also lives to restore a terminal it put in raw mode. With -t, ^C
+// typed on the terminal is no signal to usernet at all: raw mode passes it
+// on as a byte to the command's pty in the sandbox, whose line discipline
+// turns it into SIGINT for the command's foreground process group.
 var forwardedSignals = []os.Signal{
 	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
 }
@@ -32,8 +34,10 @@ type forwarder struct {
 }
 
 // catchSignals starts catching forwardedSignals, and SIGWINCH too with
-// tty: the command holds the very terminal usernet was started on, so
-// after a resize it only needs the signal to read the new size itself.
+// tty: the sandbox's agent reads the new size from the user's terminal
+// (which it holds for relaying) when the command is sent SIGWINCH, copies
+// it to the command's pty, and the kernel signals the pty's foreground
+// process group.
 func catchSignals(errOut io.Writer, tty bool) *forwarder {
 	f := &forwarder{errOut: errOut, ch: make(chan os.Signal, 16), done: make(chan struct{})}
 	signal.Notify(f.ch, forwardedSignals...)
