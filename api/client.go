@@ -176,7 +176,8 @@ func (c *Client) Wait(ctx context.Context, nameOrID string) (int, error) {
 }
 
 // Stop stops a sandbox: SIGTERM, then SIGKILL after timeoutSeconds (nil:
-// the daemon's default of 10 s; 0: at once; negative: never).
+// the daemon's default of 10 s; 0: SIGKILL at once; negative: never), as
+// docker stop -t.
 func (c *Client) Stop(ctx context.Context, nameOrID string, timeoutSeconds *int) error {
 	q := url.Values{}
 	if timeoutSeconds != nil {

@@ -11,7 +11,7 @@
 //	GET    /sandboxes/{name}            inspect
 //	DELETE /sandboxes/{name}?force=1    rm
 //	POST   /sandboxes/{name}/wait       wait for exit (WaitResponse)
-//	POST   /sandboxes/{name}/stop?t=S   stop
+//	POST   /sandboxes/{name}/stop?t=S   stop (S: seconds before SIGKILL; 0 at once, -1 never, absent 10)
 //	POST   /sandboxes/{name}/kill?signal=N
 //	GET    /sandboxes/{name}/logs?follow=1
 //	GET    /sandboxes/{name}/ports      port

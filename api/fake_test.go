@@ -24,7 +24,7 @@ type fakeEngine struct {
 	runWrite  string        // written to cfg.Stdout by Run, if set
 	exitCode  int           // Wait's answer
 	exited    chan struct{} // Wait blocks until closed (nil: at once)
-	stops     []time.Duration
+	stops     []engine.StopOptions
 	kills     []syscall.Signal
 	removed   []string
 	execs     []engine.ExecConfig
@@ -66,13 +66,13 @@ func (f *fakeEngine) Wait(ctx context.Context, name string) (int, error) {
 	return f.exitCode, nil
 }
 
-func (f *fakeEngine) Stop(ctx context.Context, name string, timeout time.Duration) error {
+func (f *fakeEngine) Stop(ctx context.Context, name string, opts engine.StopOptions) error {
 	if name != "web" {
 		return notFound(name)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.stops = append(f.stops, timeout)
+	f.stops = append(f.stops, opts)
 	return nil
 }
 

@@ -8,20 +8,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"math"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/usernet/usernet/engine"
-	"github.com/usernet/usernet/sandbox"
 )
 
 // Engine is what the server needs of the control plane. *engine.Engine
@@ -29,7 +26,7 @@ import (
 type Engine interface {
 	Run(ctx context.Context, cfg engine.RunConfig) (id string, warnings []string, err error)
 	Wait(ctx context.Context, nameOrID string) (int, error)
-	Stop(ctx context.Context, nameOrID string, timeout time.Duration) error
+	Stop(ctx context.Context, nameOrID string, opts engine.StopOptions) error
 	Kill(nameOrID string, sig syscall.Signal) error
 	Remove(ctx context.Context, nameOrID string, force bool) error
 	Exec(ctx context.Context, nameOrID string, cfg engine.ExecConfig) (Process, error)
@@ -225,24 +222,21 @@ func (s *Server) wait(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, resp.WaitResponse)
 }
 
+// stop is POST /sandboxes/{name}/stop?t=S with docker's meaning of t:
+// absent, the engine's default grace period; 0, kill at once; negative,
+// wait as long as the command takes.
 func (s *Server) stop(w http.ResponseWriter, r *http.Request) {
-	var timeout time.Duration // engine default
+	var opts engine.StopOptions
 	if t := r.URL.Query().Get("t"); t != "" {
-		secs, err := strconv.Atoi(t)
-		if err != nil {
+		secs, err := strconv.ParseInt(t, 10, 64)
+		if err != nil || secs > math.MaxInt64/int64(time.Second) {
 			s.fail(w, fmt.Errorf("%w: stop timeout %q is not a whole number of seconds", engine.ErrInvalid, t))
 			return
 		}
-		switch {
-		case secs < 0: // as docker stop -t -1: wait as long as it takes
-			timeout = math.MaxInt64
-		case secs == 0: // SIGKILL right after SIGTERM; the engine reads 0 as its default
-			timeout = time.Nanosecond
-		default:
-			timeout = time.Duration(secs) * time.Second
-		}
+		timeout := time.Duration(secs) * time.Second
+		opts.Timeout = &timeout
 	}
-	if err := s.eng.Stop(r.Context(), r.PathValue("name"), timeout); err != nil {
+	if err := s.eng.Stop(r.Context(), r.PathValue("name"), opts); err != nil {
 		s.fail(w, err)
 		return
 	}
@@ -534,25 +528,14 @@ func statusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
-// commandKind reports whether err says the command could not be started.
-// The sandbox package says so with *sandbox.StartError, whose Code is the
-// shell's status (127 not found, 126 not executable); a bare lookup error
-// (*exec.Error, exec.ErrNotFound) is read the same way.
+// commandKind reports whether err says the command could not be started:
+// the engine marks such errors ErrCommandNotFound (a shell's 127) or
+// ErrCommandNotExecutable (126).
 func commandKind(err error) string {
-	var se *sandbox.StartError
-	var ee *exec.Error
 	switch {
-	case errors.As(err, &se):
-		if se.Code == 127 {
-			return KindCommandNotFound
-		}
-		return KindCommandNotExecutable
-	case errors.Is(err, exec.ErrNotFound):
+	case errors.Is(err, engine.ErrCommandNotFound):
 		return KindCommandNotFound
-	case errors.As(err, &ee):
-		if errors.Is(ee.Err, fs.ErrNotExist) {
-			return KindCommandNotFound
-		}
+	case errors.Is(err, engine.ErrCommandNotExecutable):
 		return KindCommandNotExecutable
 	}
 	return ""

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -20,7 +20,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/usernet/usernet/engine"
-	"github.com/usernet/usernet/sandbox"
 )
 
 // devNull opens /dev/null for the test.
@@ -115,10 +114,10 @@ func TestErrors(t *testing.T) {
 			wantStatus: 400, wantMsg: `invalid argument: bad name "-x"`, wantIs: engine.ErrInvalid},
 		{name: "internal", runErr: errors.New("disk on fire"),
 			wantStatus: 500, wantMsg: "disk on fire"},
-		{name: "command not found", runErr: fmt.Errorf("start sandbox x: %w", &sandbox.StartError{Code: 127, Err: errors.New(`exec: "nosuch": executable file not found in $PATH`)}),
-			wantStatus: 400, wantMsg: `start sandbox x: exec: "nosuch": executable file not found in $PATH`, wantKind: KindCommandNotFound},
-		{name: "command not executable", runErr: &sandbox.StartError{Code: 126, Err: errors.New("permission denied")},
-			wantStatus: 400, wantMsg: "permission denied", wantKind: KindCommandNotExecutable},
+		{name: "command not found", runErr: fmt.Errorf("start sandbox x: %w: exec: \"nosuch\": executable file not found in $PATH", engine.ErrCommandNotFound),
+			wantStatus: 400, wantMsg: `start sandbox x: command not found: exec: "nosuch": executable file not found in $PATH`, wantKind: KindCommandNotFound},
+		{name: "command not executable", runErr: fmt.Errorf("%w: permission denied", engine.ErrCommandNotExecutable),
+			wantStatus: 400, wantMsg: "command not executable: permission denied", wantKind: KindCommandNotExecutable},
 		{name: "unknown route", call: func(c *Client) error {
 			_, err := c.do(context.Background(), c.http, http.MethodGet, "/v2/nothing", nil, nil)
 			return err
@@ -151,15 +150,16 @@ func TestErrors(t *testing.T) {
 
 func TestStopTimeout(t *testing.T) {
 	sec := func(n int) *int { return &n }
+	dur := func(d time.Duration) *time.Duration { return &d }
 	tests := []struct {
 		name    string
 		seconds *int
-		want    time.Duration
+		want    *time.Duration
 	}{
-		{name: "default", seconds: nil, want: 0},
-		{name: "at once", seconds: sec(0), want: time.Nanosecond},
-		{name: "seconds", seconds: sec(3), want: 3 * time.Second},
-		{name: "forever", seconds: sec(-1), want: math.MaxInt64},
+		{name: "default", seconds: nil, want: nil},
+		{name: "at once", seconds: sec(0), want: dur(0)},
+		{name: "seconds", seconds: sec(3), want: dur(3 * time.Second)},
+		{name: "forever", seconds: sec(-1), want: dur(-time.Second)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -168,10 +168,20 @@ func TestStopTimeout(t *testing.T) {
 			if err := c.Stop(context.Background(), "web", tc.seconds); err != nil {
 				t.Fatalf("Stop: %v", err)
 			}
-			if diff := cmp.Diff([]time.Duration{tc.want}, eng.stops); diff != "" {
-				t.Errorf("engine Stop timeouts mismatch (-want +got):\n%s", diff)
+			if diff := cmp.Diff([]engine.StopOptions{{Timeout: tc.want}}, eng.stops); diff != "" {
+				t.Errorf("engine Stop options mismatch (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestStopTimeoutInvalid(t *testing.T) {
+	c := serve(t, &fakeEngine{})
+	for _, q := range []string{"soon", "1.5", "99999999999999"} {
+		_, err := c.do(context.Background(), c.http, http.MethodPost, "/v1/sandboxes/web/stop", url.Values{"t": {q}}, nil)
+		if !errors.Is(err, engine.ErrInvalid) {
+			t.Errorf("stop?t=%s: %v, want ErrInvalid", q, err)
+		}
 	}
 }
 

@@ -71,6 +71,15 @@ var (
 	// ErrInvalid: the request itself is malformed (a bad name, address,
 	// protocol, network mode or empty command).
 	ErrInvalid = errors.New("invalid argument")
+
+	// ErrCommandNotFound: Run or Exec could not start the command because
+	// it does not exist in the sandbox (a shell's exit status 127). Such an
+	// error matches ErrInvalid too.
+	ErrCommandNotFound = errors.New("command not found")
+	// ErrCommandNotExecutable: the command exists but could not be
+	// executed (permission denied, a directory, a bad interpreter; a
+	// shell's 126). Such an error matches ErrInvalid too.
+	ErrCommandNotExecutable = errors.New("command not executable")
 )
 
 // Engine is the control plane of one usernet daemon. Create it with New and
@@ -154,8 +163,10 @@ type RunConfig struct {
 	// Env is the command's environment, "K=V" entries.
 	Env []string
 
-	// TTY reports whether the command gets its standard streams as a
-	// controlling terminal (-t); Stdin/Stdout should then be a terminal.
+	// TTY runs the command on a pseudo-terminal of its own inside the
+	// sandbox (-t), relayed to Stdin and Stdout, which should then be the
+	// user's terminal (in raw mode: the caller's business). Stderr is
+	// merged into the terminal's output.
 	TTY bool
 	// Interactive keeps stdin open (-i); without it the command reads
 	// /dev/null.
@@ -218,16 +229,28 @@ func (e *Engine) Wait(ctx context.Context, nameOrID string) (exitCode int, err e
 }
 
 // DefaultStopTimeout is how long Stop waits after SIGTERM before SIGKILL
-// when called with a zero timeout, as `docker stop`.
+// when StopOptions.Timeout is nil, as `docker stop`.
 const DefaultStopTimeout = 10 * time.Second
 
+// StopOptions says how Stop ends a sandbox's command (docker's
+// container.StopOptions). The zero value is `docker stop` without -t:
+// SIGTERM, then SIGKILL after DefaultStopTimeout.
+type StopOptions struct {
+	// Timeout, when not nil, is how long to wait after SIGTERM before
+	// SIGKILL. Zero kills at once without a SIGTERM (docker stop -t 0, so
+	// the exit status is always 137), and a negative value waits as long
+	// as the command takes (-t -1). A pointer because zero is a timeout of
+	// its own, not "the default".
+	Timeout *time.Duration
+}
+
 // Stop sends SIGTERM to the sandbox's command, then kills every process
-// in the sandbox if it is still running after timeout (0 means
-// DefaultStopTimeout; a negative timeout kills at once, as `docker stop
-// -t 0`), and returns once it has exited and its address and ports are
-// released. Stopping a sandbox that is not running is not an error.
-func (e *Engine) Stop(ctx context.Context, nameOrID string, timeout time.Duration) error {
-	return e.stop(ctx, nameOrID, timeout)
+// in the sandbox if it is still running after the timeout opts gives, and
+// returns once it has exited and its address and ports are released.
+// Stopping a sandbox that is not running is not an error. ctx ending stops
+// only the waiting: a SIGKILL already due is not sent.
+func (e *Engine) Stop(ctx context.Context, nameOrID string, opts StopOptions) error {
+	return e.stop(ctx, nameOrID, opts)
 }
 
 // Kill sends sig to the sandbox's command without waiting. It fails with
@@ -251,7 +274,8 @@ type ExecConfig struct {
 	Env []string
 	// WorkingDir is the command's working directory; "" keeps the agent's.
 	WorkingDir string
-	// TTY reports whether the standard streams are a terminal.
+	// TTY runs the command on a pseudo-terminal of its own, as
+	// RunConfig.TTY.
 	TTY bool
 	// Stdin, Stdout, Stderr become the command's fds 0, 1 and 2; nil means
 	// /dev/null. Ownership as in RunConfig: the caller keeps (and closes)

@@ -372,6 +372,61 @@ func TestPublishAll(t *testing.T) {
 	}
 }
 
+// ptr returns a pointer to v.
+func ptr[T any](v T) *T { return &v }
+
+func TestStopTimeouts(t *testing.T) {
+	tests := []struct {
+		name       string
+		stubborn   bool // the command ignores SIGTERM
+		opts       StopOptions
+		exitItself bool // the command exits with 0 once it has had SIGTERM
+		wantSigs   []syscall.Signal
+		wantCode   int
+	}{
+		{name: "default: SIGTERM suffices", opts: StopOptions{}, wantSigs: []syscall.Signal{syscall.SIGTERM}, wantCode: 143},
+		{name: "zero kills at once", opts: StopOptions{Timeout: ptr(time.Duration(0))}, wantCode: 137},
+		{name: "zero kills a stubborn one at once", stubborn: true, opts: StopOptions{Timeout: ptr(time.Duration(0))}, wantCode: 137},
+		{name: "kill after the timeout", stubborn: true, opts: StopOptions{Timeout: ptr(time.Millisecond)},
+			wantSigs: []syscall.Signal{syscall.SIGTERM}, wantCode: 137},
+		{name: "negative waits for the command", stubborn: true, opts: StopOptions{Timeout: ptr(time.Duration(-1))}, exitItself: true,
+			wantSigs: []syscall.Signal{syscall.SIGTERM}, wantCode: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := newTestEnv(t)
+			ctx := context.Background()
+			cfg := RunConfig{Name: "box"}
+			if tt.stubborn {
+				cfg.Env = []string{"IGNORE_TERM=1"}
+			}
+			_, p, _ := env.run(cfg)
+			stopped := make(chan error, 1)
+			go func() { stopped <- env.e.Stop(ctx, "box", tt.opts) }()
+			if tt.exitItself {
+				// Stop must still be waiting once SIGTERM is in: let the
+				// command end on its own. A kill would have made it 137.
+				for i := 0; len(p.sent()) == 0; i++ {
+					if i == 1000 {
+						t.Fatal("Stop sent no SIGTERM")
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				p.exit(0)
+			}
+			if err := <-stopped; err != nil {
+				t.Fatalf("Stop: %v", err)
+			}
+			if diff := cmp.Diff(tt.wantSigs, p.sent()); diff != "" {
+				t.Errorf("signals (-want +got):\n%s", diff)
+			}
+			if code, _ := env.e.Wait(ctx, "box"); code != tt.wantCode {
+				t.Errorf("exit code %d, want %d", code, tt.wantCode)
+			}
+		})
+	}
+}
+
 func TestStopKillRemove(t *testing.T) {
 	env := newTestEnv(t)
 	ctx := context.Background()
@@ -381,7 +436,7 @@ func TestStopKillRemove(t *testing.T) {
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "stop it first") || !strings.Contains(err.Error(), "rm -f") {
 		t.Errorf("Remove running = %v, want ErrConflict naming the fix", err)
 	}
-	if err := env.e.Stop(ctx, "stubborn", time.Millisecond); err != nil {
+	if err := env.e.Stop(ctx, "stubborn", StopOptions{Timeout: ptr(time.Millisecond)}); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
 	p.mu.Lock()
@@ -393,7 +448,7 @@ func TestStopKillRemove(t *testing.T) {
 	if code, _ := env.e.Wait(ctx, "stubborn"); code != 137 {
 		t.Errorf("exit code after Stop of a process ignoring SIGTERM = %d, want 137 (killed)", code)
 	}
-	if err := env.e.Stop(ctx, "stubborn", 0); err != nil {
+	if err := env.e.Stop(ctx, "stubborn", StopOptions{}); err != nil {
 		t.Errorf("Stop of an exited sandbox = %v, want nil", err)
 	}
 	if err := env.e.Kill("stubborn", syscall.SIGTERM); !errors.Is(err, ErrConflict) {

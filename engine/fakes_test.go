@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -143,6 +144,13 @@ func (p *fakeProc) Signal(sig syscall.Signal) error {
 		p.exit(128 + int(sig))
 	}
 	return nil
+}
+
+// sent returns the signals sent to the command so far.
+func (p *fakeProc) sent() []syscall.Signal {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.signals)
 }
 
 func (p *fakeProc) Kill() error {

@@ -357,7 +357,7 @@ func TestIntegrationStopAndHostMode(t *testing.T) {
 	if code, err := p.Wait(); err != nil || code != 4 {
 		t.Errorf("Exec Wait = %d, %v; want 4", code, err)
 	}
-	if err := e.Stop(ctx, id, 5*time.Second); err != nil {
+	if err := e.Stop(ctx, id, StopOptions{Timeout: ptr(5 * time.Second)}); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
 	j, err := e.Inspect(id)

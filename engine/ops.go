@@ -33,7 +33,7 @@ func (e *Engine) wait(ctx context.Context, nameOrID string) (int, error) {
 	return c.rec.State.ExitCode, nil
 }
 
-func (e *Engine) stop(ctx context.Context, nameOrID string, timeout time.Duration) error {
+func (e *Engine) stop(ctx context.Context, nameOrID string, opts StopOptions) error {
 	c, err := e.lookup(nameOrID)
 	if err != nil {
 		return err
@@ -41,22 +41,27 @@ func (e *Engine) stop(ctx context.Context, nameOrID string, timeout time.Duratio
 	if !c.running() {
 		return nil
 	}
-	if timeout == 0 {
-		timeout = DefaultStopTimeout
+	timeout := DefaultStopTimeout
+	if opts.Timeout != nil {
+		timeout = *opts.Timeout
 	}
-	if timeout > 0 {
+	if timeout != 0 {
 		// A failed SIGTERM means the process is already gone; done will close.
 		if err := c.proc.Signal(syscall.SIGTERM); err != nil {
 			e.log.Debug("stop: SIGTERM", "sandbox", c.rec.Name, "err", err)
 		}
-		t := time.NewTimer(timeout)
-		defer t.Stop()
+		var expired <-chan time.Time // nil, never ready: no timeout
+		if timeout > 0 {
+			t := time.NewTimer(timeout)
+			defer t.Stop()
+			expired = t.C
+		}
 		select {
 		case <-c.done:
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-t.C:
+		case <-expired:
 		}
 		e.log.Info("stop: still running after SIGTERM, killing it", "sandbox", c.rec.Name, "timeout", timeout)
 	}

@@ -508,8 +508,7 @@ func (e *Engine) openStdio(cfg RunConfig, logPath string) ([3]*os.File, error) {
 	fds = [3]*os.File{cfg.Stdin, cfg.Stdout, cfg.Stderr}
 	if !cfg.Interactive && !withTerminal(cfg) {
 		// Without -i the command must not read the user's input; with
-		// -t the terminal is still its controlling terminal, as with
-		// Docker, and stays fd 0.
+		// -t the terminal stays the input of the command's pty.
 		fds[0] = nil
 	}
 	for i, f := range fds {
@@ -647,8 +646,8 @@ func (e *Engine) finish(c *container, code int, waitErr error) {
 	}
 }
 
-// withTerminal reports whether the command gets a controlling terminal: -t
-// in the foreground with a terminal as stdin. A detached sandbox has no
+// withTerminal reports whether the command runs on a pty relayed to the
+// user's terminal: -t in the foreground with a terminal as stdin. A detached sandbox has no
 // terminal to attach (the log file is not one), so -d -t records Tty but
 // runs without one.
 func withTerminal(cfg RunConfig) bool {

@@ -49,13 +49,7 @@ func (sandboxLauncher) Launch(ctx context.Context, ls launchSpec) (sandboxProces
 	}
 	sb, err := sandbox.Start(ctx, spec)
 	if err != nil {
-		var se *sandbox.StartError
-		if errors.As(err, &se) {
-			// The command itself could not start (not found, not
-			// executable): the user's input is at fault.
-			return nil, withKind(ErrInvalid, err)
-		}
-		return nil, err
+		return nil, startError(err)
 	}
 	return sandboxHandle{sb}, nil
 }
@@ -75,11 +69,18 @@ func (h sandboxHandle) Exec(cfg ExecConfig) (execProcess, error) {
 		Stderr: cfg.Stderr,
 	})
 	if err != nil {
-		var se *sandbox.StartError
-		if errors.As(err, &se) {
-			return nil, withKind(ErrInvalid, err)
-		}
-		return nil, err
+		return nil, startError(err)
 	}
 	return p, nil
+}
+
+// startError gives a *sandbox.StartError (the command itself could not
+// start: not found, not executable) its engine kinds, so that callers need
+// not know the sandbox package. Other errors are returned as they are.
+func startError(err error) error {
+	var se *sandbox.StartError
+	if errors.As(err, &se) {
+		return commandError(se.Code, err)
+	}
+	return err
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/usernet/usernet/api"
 	"github.com/usernet/usernet/engine"
-	"github.com/usernet/usernet/sandbox"
 )
 
 // fakeEngine stands behind a real api.Server in these tests, so that each
@@ -30,7 +29,7 @@ type fakeEngine struct {
 	mu     sync.Mutex
 	runs   []engine.RunConfig
 	kills  []syscall.Signal
-	stops  []time.Duration
+	stops  []engine.StopOptions
 	killed chan struct{} // closed on the first Kill, ending Wait
 }
 
@@ -65,13 +64,13 @@ func (f *fakeEngine) Wait(ctx context.Context, name string) (int, error) {
 	return f.exitCode, nil
 }
 
-func (f *fakeEngine) Stop(ctx context.Context, name string, timeout time.Duration) error {
+func (f *fakeEngine) Stop(ctx context.Context, name string, opts engine.StopOptions) error {
 	if err := known(name); err != nil {
 		return err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.stops = append(f.stops, timeout)
+	f.stops = append(f.stops, opts)
 	return nil
 }
 
@@ -252,8 +251,18 @@ func TestRunParsesFlagsAndCommand(t *testing.T) {
 	}
 }
 
+// kindedError is an engine error as the engine makes them: it matches kind
+// with errors.Is without the kind's text in its message.
+type kindedError struct {
+	kind error
+	msg  string
+}
+
+func (e kindedError) Error() string        { return e.msg }
+func (e kindedError) Is(target error) bool { return target == e.kind }
+
 func TestExitStatusAndErrors(t *testing.T) {
-	notFound := &sandbox.StartError{Code: 127, Err: errors.New(`exec: "nosuch": executable file not found in $PATH`)}
+	notFound := kindedError{engine.ErrCommandNotFound, `exec: "nosuch": executable file not found in $PATH`}
 	tests := []struct {
 		name string
 		eng  *fakeEngine
@@ -280,7 +289,7 @@ func TestExitStatusAndErrors(t *testing.T) {
 			want: result{code: 125, stderr: "usernet: the input device is not a TTY\n"}},
 		{name: "command not found", eng: &fakeEngine{runErr: fmt.Errorf("start sandbox x: %w", notFound)}, args: []string{"run", "nosuch"},
 			want: result{code: 127, stderr: "usernet: start sandbox x: exec: \"nosuch\": executable file not found in $PATH\n"}},
-		{name: "command not executable", eng: &fakeEngine{runErr: &sandbox.StartError{Code: 126, Err: errors.New("exec /etc: permission denied")}}, args: []string{"run", "/etc"},
+		{name: "command not executable", eng: &fakeEngine{runErr: kindedError{engine.ErrCommandNotExecutable, "exec /etc: permission denied"}}, args: []string{"run", "/etc"},
 			want: result{code: 126, stderr: "usernet: exec /etc: permission denied\n"}},
 		{name: "name in use", eng: &fakeEngine{runErr: fmt.Errorf("%w: the name \"web\" is already in use", engine.ErrConflict)}, args: []string{"run", "--name", "web", "x"},
 			want: result{code: 125, stderr: "usernet: conflict: the name \"web\" is already in use\n"}},
@@ -361,14 +370,16 @@ func TestInspectPrintsDockerJSON(t *testing.T) {
 }
 
 func TestStopTimeoutFlag(t *testing.T) {
+	dur := func(d time.Duration) *time.Duration { return &d }
 	tests := []struct {
 		name string
 		args []string
-		want time.Duration
+		want *time.Duration
 	}{
-		{name: "default", args: []string{"stop", "web"}, want: 0},
-		{name: "zero kills at once", args: []string{"stop", "-t", "0", "web"}, want: time.Nanosecond},
-		{name: "seconds", args: []string{"stop", "--time", "2", "web"}, want: 2 * time.Second},
+		{name: "default", args: []string{"stop", "web"}, want: nil},
+		{name: "zero kills at once", args: []string{"stop", "-t", "0", "web"}, want: dur(0)},
+		{name: "seconds", args: []string{"stop", "--time", "2", "web"}, want: dur(2 * time.Second)},
+		{name: "minus one waits forever", args: []string{"stop", "-t", "-1", "web"}, want: dur(-time.Second)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -376,8 +387,8 @@ func TestStopTimeoutFlag(t *testing.T) {
 			if res := usernet(t, eng, tc.args...); res.code != 0 {
 				t.Fatalf("usernet %v = %+v", tc.args, res)
 			}
-			if diff := cmp.Diff([]time.Duration{tc.want}, eng.stops); diff != "" {
-				t.Errorf("stop timeout mismatch (-want +got):\n%s", diff)
+			if diff := cmp.Diff([]engine.StopOptions{{Timeout: tc.want}}, eng.stops); diff != "" {
+				t.Errorf("stop options mismatch (-want +got):\n%s", diff)
 			}
 		})
 	}
