@@ -3,6 +3,7 @@ package vswitch
 import (
 	"errors"
 	"net"
+	"sync"
 )
 
 // The packet path through the switch, in the order of the functions in
@@ -219,6 +220,10 @@ func (a *Attachment) forward(f *Frame, now int64, icc bool, w *wakes) {
 
 // enqueue is step 7: it queues f, carrying one reference, on d.
 func (a *Attachment) enqueue(d *Attachment, f *Frame, w *wakes) {
+	if d.cfg.Direct {
+		d.writeDirect(f)
+		return
+	}
 	ok, wake := d.q.push(f, false)
 	if !ok && a.cfg.Block {
 		// Wake the writers this batch has fed before waiting, so
@@ -328,6 +333,31 @@ func (a *Attachment) prepare(batch, out []*Frame) []*Frame {
 	}
 	return out
 }
+
+// writeDirect writes f to a Direct port on the caller's goroutine,
+// taking ownership of f; it does what the writer goroutine does for a
+// queued port, one frame at a time.
+func (a *Attachment) writeDirect(f *Frame) {
+	a.direct.RLock()
+	defer a.direct.RUnlock()
+	if a.detached.Load() {
+		f.DecRef()
+		return
+	}
+	one := oneFrame.Get().(*[1]*Frame)
+	one[0] = f
+	if a.cfg.Offloads {
+		a.write(one[:])
+	} else {
+		a.write(a.prepare(one[:], nil))
+		one[0] = nil
+	}
+	oneFrame.Put(one)
+}
+
+// oneFrame holds the one-element batches writeDirect hands to WriteFrames,
+// so that forwarding to a Direct port allocates nothing.
+var oneFrame = sync.Pool{New: func() any { return new([1]*Frame) }}
 
 // clone returns a copy of f with one reference.
 func (f *Frame) clone() *Frame {

@@ -104,13 +104,15 @@ func TestForwardingAllocatesNothing(t *testing.T) {
 		frame    []byte
 		hdr      VnetHdr
 		offloads bool
-		outPer   int // frames out per frame in
+		outPer   int  // frames out per frame in
+		direct   bool // the destination is a Direct port
 	}{
-		{"unicast", unicast, VnetHdr{}, true, 1},
-		{"broadcast", broadcast, VnetHdr{}, true, 1},
-		{"GSO to an offload port", gso, gsoHdr, true, 1},
-		{"GSO segmented for a plain port", gso, gsoHdr, false, 16},
-		{"checksum completed for a plain port", csum, csumHdr, false, 1},
+		{"unicast", unicast, VnetHdr{}, true, 1, false},
+		{"broadcast", broadcast, VnetHdr{}, true, 1, false},
+		{"GSO to an offload port", gso, gsoHdr, true, 1, false},
+		{"GSO segmented for a plain port", gso, gsoHdr, false, 16, false},
+		{"checksum completed for a plain port", csum, csumHdr, false, 1, false},
+		{"unicast to a direct port", unicast, VnetHdr{}, true, 1, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,7 +125,7 @@ func TestForwardingAllocatesNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 			dst := &countPort{offloads: tt.offloads}
-			out, err := s.Attach(dst, PortConfig{Name: "out", Offloads: tt.offloads})
+			out, err := s.Attach(dst, PortConfig{Name: "out", Offloads: tt.offloads, Direct: tt.direct})
 			if err != nil {
 				t.Fatal(err)
 			}

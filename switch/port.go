@@ -57,6 +57,17 @@ type PortConfig struct {
 	// by a guest, which would let one guest stall the switch.
 	Block bool
 
+	// Direct makes the switch call WriteFrames synchronously on the
+	// goroutine that forwards a frame to the port (the Input caller, such
+	// as another port's reader), with no transmit queue and no writer
+	// goroutine; QueueLen is then unused. The port's WriteFrames must be
+	// safe for concurrent use and must not block for long, and it must not
+	// forward back into itself. Set it for the netstack port, whose
+	// WriteFrames only hands packets to gVisor: it saves a goroutine
+	// wake-up and hop per frame from a guest to the gateway, which is most
+	// of the per-packet latency the switch adds (NETSTACK.md R7).
+	Direct bool
+
 	// Gateway marks the port every endpoint may reach even with ICC off.
 	Gateway bool
 

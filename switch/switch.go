@@ -163,8 +163,10 @@ func (s *Switch) Attach(p Port, cfg PortConfig) (*Attachment, error) {
 	ports := append(slices.Clone(*s.ports.Load()), a)
 	s.ports.Store(&ports)
 
-	a.writerDone.Add(1)
-	go a.writeLoop()
+	if !cfg.Direct {
+		a.writerDone.Add(1)
+		go a.writeLoop()
+	}
 	if r, ok := p.(Reader); ok {
 		a.readerDone.Add(1)
 		go a.readLoop(r)
@@ -195,6 +197,11 @@ type Attachment struct {
 	logger *slog.Logger
 
 	q txQueue
+
+	// direct guards a Direct port's synchronous writes: writeDirect holds
+	// it for reading, detach takes it once for writing so that no write is
+	// still running when the port is closed.
+	direct sync.RWMutex
 
 	// detached is set first thing in Detach: Input then drops frames from
 	// this port and forwarding stops choosing it as a destination.
@@ -267,6 +274,9 @@ func (a *Attachment) detach() {
 	// Port contract says Close comes after the writer has stopped.
 	a.q.close()
 	a.writerDone.Wait()
+	a.direct.Lock()
+	//lint:ignore SA2001 an empty critical section waits out writeDirect
+	a.direct.Unlock()
 	if err := a.port.Close(); err != nil {
 		a.logger.Warn("closing port", "err", err)
 	}
