@@ -44,6 +44,12 @@ import (
 // whole 64 KiB TSO super-frame, like a TAP takes (NETSTACK.md R1).
 const gsoMaxSize = 1 << 16
 
+// rxHeaderView is the size of the first view of a received packet. It covers
+// Ethernet + IPv4 (with options) + TCP (with options), 134 bytes at most, and
+// Ethernet + IPv6 + TCP without extension headers, so gVisor's header
+// parsing never has to merge it with the payload view behind it.
+const rxHeaderView = 256
+
 // port is the switch side of the gateway NIC. It does not implement
 // vswitch.Reader: netstack pushes its frames with Attachment.Input.
 type port struct {
@@ -108,7 +114,16 @@ func (g *Gateway) deliver(d []byte) {
 	// Chunks up to buffer.MaxChunkSize are pooled; a super-frame is a
 	// little larger (64 KiB plus the Ethernet header), so split it rather
 	// than let gVisor allocate one from the heap.
+	// The headers get a small view of their own. ipv4's HandlePacket
+	// re-slices the network header while still holding a view of it, and
+	// buffer.PullUp clones the whole chunk under a shared view; with the
+	// headers alone in a rxHeaderView-byte chunk that clone is a few hundred
+	// bytes instead of up to 64 KiB per super-frame (fdbased's 128-byte
+	// first view does the same).
 	var payload buffer.Buffer
+	h := min(len(d), rxHeaderView)
+	payload.Append(buffer.NewViewWithData(d[:h]))
+	d = d[h:]
 	for len(d) > 0 {
 		n := min(len(d), buffer.MaxChunkSize)
 		payload.Append(buffer.NewViewWithData(d[:n]))
