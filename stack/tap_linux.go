@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -105,9 +106,10 @@ func setMTU(name string, mtu int) error {
 // PortConfig.Offloads = Offloads(). Without one it carries plain frames and
 // the switch segments GSO frames for it.
 //
-// The switch calls ReadFrames from one goroutine and WriteFrames from
-// another; neither may be called concurrently with itself. Close may be
-// called from any goroutine and unblocks both.
+// The switch calls ReadFrames from one goroutine; it must not be called
+// concurrently with itself. WriteFrames is safe for concurrent use, so the
+// TAP may be attached as a Direct port. Close may be called from any
+// goroutine and unblocks both.
 type TAP struct {
 	f      *os.File
 	name   string
@@ -115,19 +117,13 @@ type TAP struct {
 	logger *slog.Logger
 	closed atomic.Bool
 
-	// rc reaches the fd through Go's netpoller. readFn and writeFn are
-	// t.readReady and t.writeReady, bound once.
-	rc      syscall.RawConn
-	readFn  func(uintptr) bool
-	writeFn func(uintptr) bool
+	// rc reaches the fd through Go's netpoller. readFn is t.readReady,
+	// bound once.
+	rc     syscall.RawConn
+	readFn func(uintptr) bool
 
 	// Used only by ReadFrames (one caller at a time).
 	rd readState
-
-	// Used only by WriteFrames (one caller at a time).
-	wr  writeState
-	hdr [vswitch.VnetHdrLen]byte
-	iov [2]unix.Iovec
 
 	// dropShort counts reads too short to hold a header and an Ethernet
 	// header; the kernel should never produce them.
@@ -192,7 +188,6 @@ func wrapTAP(fd int, name string, vnet bool, logger *slog.Logger) *TAP {
 	// SyscallConn of an open *os.File cannot fail.
 	t.rc, _ = t.f.SyscallConn()
 	t.readFn = t.readReady
-	t.writeFn = t.writeReady
 	return t
 }
 
@@ -335,17 +330,20 @@ func (t *TAP) readErr(err error) error {
 // the kernel refuses (for example EIO while the interface is down) does not
 // stop the batch; the first error is returned.
 func (t *TAP) WriteFrames(frames []*vswitch.Frame) error {
+	w := writers.Get().(*writeState)
+	defer writers.Put(w)
+	w.t = t
+	defer func() { w.t, w.frame = nil, nil }()
 	var first error
 	for _, f := range frames {
 		if len(f.Data) == 0 {
 			continue
 		}
-		t.wr = writeState{frame: f}
-		err := t.rc.Write(t.writeFn)
+		w.frame, w.err = f, nil
+		err := t.rc.Write(w.fn)
 		if err == nil {
-			err = t.wr.err
+			err = w.err
 		}
-		t.wr = writeState{}
 		if err != nil {
 			if t.closed.Load() {
 				return t.writeErr(err)
@@ -358,24 +356,38 @@ func (t *TAP) WriteFrames(frames []*vswitch.Frame) error {
 	return first
 }
 
-// writeState is the state of one frame's write; see readState.
+// writeState is the state of one WriteFrames call: the frame being
+// written, its result, and the header and iovec scratch the syscall
+// reads. Calls take one from writers, so concurrent writers never share
+// one and writing allocates nothing.
 type writeState struct {
+	t     *TAP
 	frame *vswitch.Frame
 	err   error
+	hdr   [vswitch.VnetHdrLen]byte
+	iov   [2]unix.Iovec
+	fn    func(uintptr) bool // w.ready, bound once
 }
 
-// writeReady is the poller callback for writes: it waits only on EAGAIN.
-func (t *TAP) writeReady(fd uintptr) bool {
-	t.wr.err = t.writeFrame(int(fd), t.wr.frame)
-	return t.wr.err != unix.EAGAIN
+var writers = sync.Pool{New: func() any {
+	w := new(writeState)
+	w.fn = w.ready
+	return w
+}}
+
+// ready is the poller callback for writes: it waits only on EAGAIN.
+func (w *writeState) ready(fd uintptr) bool {
+	w.err = w.t.writeFrame(int(fd), w)
+	return w.err != unix.EAGAIN
 }
 
-func (t *TAP) writeFrame(fd int, f *vswitch.Frame) error {
-	iov := t.iov[:0]
+func (t *TAP) writeFrame(fd int, w *writeState) error {
+	f := w.frame
+	iov := w.iov[:0]
 	if t.vnet {
-		f.Hdr.Encode(t.hdr[:])
-		iov = append(iov, unix.Iovec{Base: &t.hdr[0]})
-		iov[0].SetLen(len(t.hdr))
+		f.Hdr.Encode(w.hdr[:])
+		iov = append(iov, unix.Iovec{Base: &w.hdr[0]})
+		iov[0].SetLen(len(w.hdr))
 	}
 	iov = append(iov, unix.Iovec{Base: &f.Data[0]})
 	iov[len(iov)-1].SetLen(len(f.Data))
