@@ -20,10 +20,12 @@ func (zeros) Read(p []byte) (int, error) {
 
 // BenchmarkTAPTCP measures one TCP stream between a namespace's kernel and
 // the gateway's TCP handler at MTU 1500, through a vnet TAP on the switch
-// (New) and through gVisor's fdbased endpoint on a plain TAP (NewFdbased).
+// (New), the same with the TAP attached as a Direct port (written by the
+// netstack goroutines themselves, as the engine attaches sandboxes), and
+// through gVisor's fdbased endpoint on a plain TAP (NewFdbased).
 // "up" is guest to gateway, "down" gateway to guest. Needs root.
 func BenchmarkTAPTCP(b *testing.B) {
-	for _, ep := range []string{"vnet", "fdbased"} {
+	for _, ep := range []string{"vnet", "vnet-direct", "fdbased"} {
 		for _, dir := range []string{"up", "down"} {
 			b.Run(ep+"/"+dir, func(b *testing.B) { benchTAPTCP(b, ep, dir == "up") })
 		}
@@ -54,7 +56,7 @@ func benchTAPTCP(b *testing.B, ep string, up bool) {
 	})
 	cfg := Config{Name: "bench", Addr: gwPrefix, TCP: h}
 	switch ep {
-	case "vnet":
+	case "vnet", "vnet-direct":
 		var f *os.File
 		if err := inNetns(ns, func() (err error) {
 			f, err = CreateTAP("tap0", 1500)
@@ -76,7 +78,8 @@ func benchTAPTCP(b *testing.B, ep string, up bool) {
 		if _, err := gw.Attach(sw); err != nil {
 			b.Fatalf("Attach: %v", err)
 		}
-		if _, err := sw.Attach(tap, vswitch.PortConfig{Name: "tap0", Offloads: tap.Offloads()}); err != nil {
+		pc := vswitch.PortConfig{Name: "tap0", Offloads: tap.Offloads(), Direct: ep == "vnet-direct"}
+		if _, err := sw.Attach(tap, pc); err != nil {
 			b.Fatalf("attach TAP: %v", err)
 		}
 	case "fdbased":

@@ -286,7 +286,7 @@ func (g *Gateway) Attach(sw *vswitch.Switch) (*vswitch.Attachment, error) {
 	if g.ep.att.Load() != nil {
 		return nil, fmt.Errorf("gateway %s: attach: already attached", g.cfg.Name)
 	}
-	att, err := sw.Attach(&port{g: g}, vswitch.PortConfig{Name: "gateway", Offloads: true, Block: true, Gateway: true})
+	att, err := sw.Attach(&port{g: g}, vswitch.PortConfig{Name: "gateway", Offloads: true, Block: true, Gateway: true, Direct: true})
 	if err != nil {
 		return nil, fmt.Errorf("gateway %s: attach: %w", g.cfg.Name, err)
 	}
