@@ -17,9 +17,11 @@ package stack
 //     DeliverNetworkPacket.
 //
 // Outbound, netstack -> switch (whichever gVisor goroutine sends):
-//  4. endpoint.WritePackets copies each packet into a Frame, mapping
+//  4. endpoint.WritePackets turns each packet into a Frame, mapping
 //     pkt.GSOOptions onto the virtio-net header as fdbased does for
 //     sockets, so gVisor's 64 KiB TCP segments leave whole (HostGSO).
+//     TCP segments with payload become scatter frames over the packet's
+//     views (no copy); other packets are copied.
 //  5. filter drops ARP replies and NDP neighbour advertisements for
 //     addresses the gateway does not own: with spoofing on, netstack would
 //     answer for every address on the network (NETSTACK.md R7).
@@ -168,8 +170,11 @@ var (
 	_ gstack.GSOEndpoint  = (*endpoint)(nil)
 )
 
-// WritePackets is step 4. It copies the packets, so it does not keep
-// them; gVisor owns and releases them.
+// WritePackets is step 4. Packets that carry TCP payload leave as
+// scatter frames over the packet's own views, holding a reference to the
+// packet until the switch is done with them, so that a TAP writes them
+// with one writev and no copy; the rest (ARP, NDP, ICMP, pure ACKs) are
+// copied, so that filter sees them whole and may rewrite them.
 func (e *endpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
 	list := pkts.AsSlice()
 	att := e.att.Load()
@@ -180,10 +185,13 @@ func (e *endpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error)
 	var batch [16]*vswitch.Frame
 	frames := batch[:0]
 	for _, pkt := range list {
-		f := frameFromPacket(pkt)
-		if !e.g.filter(f) {
-			f.DecRef()
-			continue
+		f := scatterFromPacket(pkt)
+		if f == nil {
+			f = frameFromPacket(pkt)
+			if !e.g.filter(f) {
+				f.DecRef()
+				continue
+			}
 		}
 		frames = append(frames, f)
 		if len(frames) == cap(frames) {
@@ -197,11 +205,49 @@ func (e *endpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error)
 	return len(list), nil
 }
 
+// maxScatterSlices bounds the views of a packet sent as a scatter frame:
+// a segment merged from many small writes can have hundreds, beyond what
+// one writev takes (1024 iovecs), and copying it costs less than gathering.
+const maxScatterSlices = 64
+
+// scatterFromPacket returns a scatter frame over pkt's views, with a new
+// reference to pkt (a *PacketBuffer is the frame's vswitch.Owner), if pkt is a TCP segment with payload whose headers
+// (link, network and transport) all lie in its first view, where the
+// switch reads them; otherwise nil. filter has nothing to say about TCP,
+// so such a frame skips it.
+func scatterFromPacket(pkt *gstack.PacketBuffer) *vswitch.Frame {
+	if pkt.TransportProtocolNumber != header.TCPProtocolNumber || pkt.Data().Size() == 0 {
+		return nil
+	}
+	vl, off := pkt.AsViewList()
+	first := vl.Front()
+	for first != nil && off >= first.Size() {
+		off -= first.Size()
+		first = first.Next()
+	}
+	if first == nil || first.Size()-off < pkt.HeaderSize() {
+		return nil
+	}
+	n := 0
+	for v := first; v != nil; v = v.Next() {
+		if n++; n > maxScatterSlices {
+			return nil
+		}
+	}
+	f := vswitch.NewScatterFrame(pkt.IncRef())
+	for v := first; v != nil; v = v.Next() {
+		b := v.AsSlice()[off:]
+		off = 0
+		if len(b) > 0 {
+			f.AppendSlice(b)
+		}
+	}
+	setOffloads(f, pkt)
+	return f
+}
+
 // frameFromPacket copies an outbound packet (link header included) into a
-// new Frame and maps its GSO options onto the virtio-net header:
-// NEEDS_CSUM with the checksum location for every packet gVisor left a
-// partial checksum in, and TCPv4/TCPv6 TSO with the MSS as segment size
-// when the payload is larger than one segment.
+// new Frame and maps its offloads onto the virtio-net header (setOffloads).
 func frameFromPacket(pkt *gstack.PacketBuffer) *vswitch.Frame {
 	f := vswitch.NewFrame(pkt.Size())
 	vl, off := pkt.AsViewList()
@@ -216,10 +262,18 @@ func frameFromPacket(pkt *gstack.PacketBuffer) *vswitch.Frame {
 		off = 0
 	}
 	f.Resize(n)
+	setOffloads(f, pkt)
+	return f
+}
 
+// setOffloads maps pkt's GSO options onto f's virtio-net header:
+// NEEDS_CSUM with the checksum location for every packet gVisor left a
+// partial checksum in, and TCPv4/TCPv6 TSO with the MSS as segment size
+// when the payload is larger than one segment.
+func setOffloads(f *vswitch.Frame, pkt *gstack.PacketBuffer) {
 	gso := pkt.GSOOptions
 	if gso.Type == gstack.GSONone {
-		return f
+		return
 	}
 	f.Hdr.HdrLen = uint16(pkt.HeaderSize())
 	if gso.NeedsCsum {
@@ -238,7 +292,6 @@ func frameFromPacket(pkt *gstack.PacketBuffer) *vswitch.Frame {
 			f.Hdr.GSOSize = gso.MSS
 		}
 	}
-	return f
 }
 
 // filter is step 5. It reports whether f may leave. It also rewrites the

@@ -323,6 +323,10 @@ func (t *TAP) readErr(err error) error {
 	return fmt.Errorf("tap %s: read: %w", t.name, err)
 }
 
+// AcceptsScatter implements vswitch.ScatterPort: writeFrame gathers a
+// scatter frame's slices into its writev.
+func (*TAP) AcceptsScatter() {}
+
 // WriteFrames writes each frame to the device with one writev, prefixed by
 // its virtio-net header on a vnet TAP. Frames are not modified: a flooded
 // frame is shared with other ports' writers, so the header is written from
@@ -336,7 +340,7 @@ func (t *TAP) WriteFrames(frames []*vswitch.Frame) error {
 	defer func() { w.t, w.frame = nil, nil }()
 	var first error
 	for _, f := range frames {
-		if len(f.Data) == 0 {
+		if f.Len() == 0 {
 			continue
 		}
 		w.frame, w.err = f, nil
@@ -365,7 +369,7 @@ type writeState struct {
 	frame *vswitch.Frame
 	err   error
 	hdr   [vswitch.VnetHdrLen]byte
-	iov   [2]unix.Iovec
+	iov   []unix.Iovec       // grown to the most slices a frame has had
 	fn    func(uintptr) bool // w.ready, bound once
 }
 
@@ -386,16 +390,31 @@ func (t *TAP) writeFrame(fd int, w *writeState) error {
 	iov := w.iov[:0]
 	if t.vnet {
 		f.Hdr.Encode(w.hdr[:])
-		iov = append(iov, unix.Iovec{Base: &w.hdr[0]})
-		iov[0].SetLen(len(w.hdr))
+		iov = appendIovec(iov, w.hdr[:])
 	}
-	iov = append(iov, unix.Iovec{Base: &f.Data[0]})
-	iov[len(iov)-1].SetLen(len(f.Data))
+	if s := f.Slices(); s != nil {
+		for _, b := range s {
+			if len(b) > 0 {
+				iov = appendIovec(iov, b)
+			}
+		}
+	} else {
+		iov = appendIovec(iov, f.Data)
+	}
+	w.iov = iov
 	_, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	clear(iov) // do not pin the frame's memory from the pool
 	if errno != 0 {
 		return errno
 	}
 	return nil
+}
+
+// appendIovec appends an iovec for b, which must not be empty.
+func appendIovec(iov []unix.Iovec, b []byte) []unix.Iovec {
+	iov = append(iov, unix.Iovec{Base: &b[0]})
+	iov[len(iov)-1].SetLen(len(b))
+	return iov
 }
 
 func (t *TAP) writeErr(err error) error {

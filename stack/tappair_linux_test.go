@@ -28,6 +28,11 @@ func tapPair(t *testing.T, vnet bool) (a, b *TAP) {
 	return a, b
 }
 
+// releaseCounter is a vswitch.Owner that counts its releases.
+type releaseCounter int
+
+func (c *releaseCounter) DecRef() { *c++ }
+
 type wireFrame struct {
 	Hdr  vswitch.VnetHdr
 	Data string
@@ -37,16 +42,24 @@ func TestTAPFrames(t *testing.T) {
 	gso := vswitch.VnetHdr{Flags: vswitch.VnetFlagNeedsCsum, GSOType: vswitch.GSOTCPv4, HdrLen: 66, GSOSize: 1448, CsumStart: 34, CsumOffset: 16}
 	big := string(make([]byte, 60000))
 	tests := []struct {
-		name string
-		vnet bool
-		in   []wireFrame
-		want []wireFrame
+		name    string
+		vnet    bool
+		scatter bool // write the frames as scatter frames
+		in      []wireFrame
+		want    []wireFrame
 	}{
 		{
 			name: "vnet keeps headers",
 			vnet: true,
 			in:   []wireFrame{{Hdr: gso, Data: "ethernet-frame-one"}, {Data: "ethernet-frame-two"}, {Hdr: gso, Data: big}},
 			want: []wireFrame{{Hdr: gso, Data: "ethernet-frame-one"}, {Data: "ethernet-frame-two"}, {Hdr: gso, Data: big}},
+		},
+		{
+			name:    "scatter frames gathered",
+			vnet:    true,
+			scatter: true,
+			in:      []wireFrame{{Hdr: gso, Data: "ethernet-frame-one"}, {Hdr: gso, Data: big}},
+			want:    []wireFrame{{Hdr: gso, Data: "ethernet-frame-one"}, {Hdr: gso, Data: big}},
 		},
 		{
 			name: "plain carries frames only",
@@ -65,9 +78,22 @@ func TestTAPFrames(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			a, b := tapPair(t, tt.vnet)
 			var out []*vswitch.Frame
+			var owner releaseCounter
 			for _, w := range tt.in {
-				f := vswitch.NewFrame(len(w.Data))
-				copy(f.Data, w.Data)
+				var f *vswitch.Frame
+				if tt.scatter {
+					// Split after the Ethernet header and halfway
+					// through the rest, with an empty slice between.
+					f = vswitch.NewScatterFrame(&owner)
+					mid := 14 + (len(w.Data)-14)/2
+					f.AppendSlice([]byte(w.Data[:14]))
+					f.AppendSlice(nil)
+					f.AppendSlice([]byte(w.Data[14:mid]))
+					f.AppendSlice([]byte(w.Data[mid:]))
+				} else {
+					f = vswitch.NewFrame(len(w.Data))
+					copy(f.Data, w.Data)
+				}
 				f.Hdr = w.Hdr
 				out = append(out, f)
 			}
@@ -76,6 +102,9 @@ func TestTAPFrames(t *testing.T) {
 			}
 			for _, f := range out {
 				f.DecRef()
+			}
+			if tt.scatter && int(owner) != len(out) {
+				t.Errorf("owners released %d times for %d frames", owner, len(out))
 			}
 			var got []wireFrame
 			slots := make([]*vswitch.Frame, 8)

@@ -151,13 +151,14 @@ func (a *Attachment) Input(frames []*Frame) {
 	var w wakes
 	var bytes uint64
 	for _, f := range frames {
-		bytes += uint64(len(f.Data))
+		bytes += uint64(f.Len())
 		if !a.check(f) {
 			a.stats.dropMalformed.Add(1)
 			f.DecRef()
 			continue
 		}
 		if a.cfg.Bind != nil {
+			f = f.contiguous()
 			if v := a.cfg.Bind.admit(f.Data); v != verdictPass {
 				if v == verdictMalformed {
 					a.stats.dropMalformed.Add(1)
@@ -176,20 +177,21 @@ func (a *Attachment) Input(frames []*Frame) {
 	a.stats.rxBytes.Add(bytes)
 }
 
-// check is step 3: it reports whether f can be switched at all.
+// check is step 3: it reports whether f can be switched at all. It reads
+// only the headers, in place even in a scatter frame.
 func (a *Attachment) check(f *Frame) bool {
-	d := f.Data
+	d, n := f.head(), f.Len()
 	if len(d) < ethHdrLen || d[6]&1 != 0 {
 		return false
 	}
 	h := f.Hdr
-	if h.Flags&VnetFlagNeedsCsum != 0 && int(h.CsumStart)+int(h.CsumOffset)+2 > len(d) {
+	if h.Flags&VnetFlagNeedsCsum != 0 && int(h.CsumStart)+int(h.CsumOffset)+2 > n {
 		return false
 	}
 	if h.IsGSO() {
 		// Validate now, so that a super-frame no port could segment
 		// is counted against the port that sent it.
-		if _, err := parseTSO(d, h); err != nil {
+		if _, err := parseTSO(d, n, h); err != nil {
 			return false
 		}
 	}
@@ -302,6 +304,7 @@ func (a *Attachment) writeLoop() {
 // references in batch.
 func (a *Attachment) prepare(batch, out []*Frame) []*Frame {
 	for _, f := range batch {
+		f = f.contiguous()
 		switch {
 		case f.Hdr.IsGSO():
 			var err error
@@ -359,10 +362,17 @@ func (a *Attachment) writeDirect(f *Frame) {
 // so that forwarding to a Direct port allocates nothing.
 var oneFrame = sync.Pool{New: func() any { return new([1]*Frame) }}
 
-// clone returns a copy of f with one reference.
+// clone returns a contiguous copy of f with one reference.
 func (f *Frame) clone() *Frame {
-	c := NewFrame(len(f.Data))
-	copy(c.Data, f.Data)
+	c := NewFrame(f.Len())
+	if s := f.Slices(); s != nil {
+		n := 0
+		for _, b := range s {
+			n += copy(c.Data[n:], b)
+		}
+	} else {
+		copy(c.Data, f.Data)
+	}
 	c.Hdr = f.Hdr
 	return c
 }
@@ -373,8 +383,12 @@ func (a *Attachment) write(frames []*Frame) {
 		return
 	}
 	var bytes uint64
-	for _, f := range frames {
-		bytes += uint64(len(f.Data))
+	for i, f := range frames {
+		if !a.scatter {
+			f = f.contiguous()
+			frames[i] = f
+		}
+		bytes += uint64(f.Len())
 	}
 	if err := a.port.WriteFrames(frames); err != nil {
 		a.stats.dropTxError.Add(uint64(len(frames)))

@@ -139,22 +139,121 @@ const (
 // flooding takes one more reference per extra destination with IncRef.
 // When the last reference is dropped with DecRef the buffer returns to
 // its pool, so a Frame must not be touched after its owner's DecRef.
+//
+// A frame is either contiguous, the usual case, with its bytes in Data,
+// or a scatter frame (NewScatterFrame) whose bytes stay in memory that an
+// Owner holds, such as a netstack packet's views, so that netstack's
+// segments reach a TAP with one writev and no copy. A scatter frame has
+// nil Data; the switch copies it into a contiguous frame wherever bytes
+// beyond its headers are needed (software segmentation, policy checks,
+// ports that do not implement ScatterPort).
 type Frame struct {
 	// Hdr is the offload metadata. The zero value means "complete frame".
 	Hdr VnetHdr
 	// Data is the Ethernet frame, starting at the destination MAC. It is a
 	// window into the frame's buffer with Headroom bytes available before it
-	// (see Prepend). Ports may reslice Data within its capacity.
+	// (see Prepend). Ports may reslice Data within its capacity. It is nil
+	// in a scatter frame.
 	Data []byte
 
 	buf  []byte
 	refs atomic.Int32
+
+	// Scatter frames only: the frame's bytes in order (the first slice
+	// holds at least the Ethernet header), their total length, and the
+	// owner whose reference keeps them valid.
+	ext    [][]byte
+	extLen int
+	owner  Owner
+}
+
+// Owner keeps the memory behind a scatter frame's slices valid until its
+// DecRef, which the switch calls exactly once, when the frame's last
+// reference is dropped, possibly on another goroutine than the one that
+// made the frame.
+type Owner interface {
+	DecRef()
+}
+
+// ScatterPort is implemented by ports whose WriteFrames accepts scatter
+// frames (Frame.Slices not nil) as they are. The switch hands any other
+// port a contiguous copy instead.
+type ScatterPort interface {
+	Port
+	// AcceptsScatter marks the implementation; the switch never calls it.
+	AcceptsScatter()
 }
 
 var (
-	smallPool = sync.Pool{New: func() any { return &Frame{buf: make([]byte, Headroom+smallFrameLen)} }}
-	largePool = sync.Pool{New: func() any { return &Frame{buf: make([]byte, Headroom+MaxFrameLen)} }}
+	smallPool   = sync.Pool{New: func() any { return &Frame{buf: make([]byte, Headroom+smallFrameLen)} }}
+	largePool   = sync.Pool{New: func() any { return &Frame{buf: make([]byte, Headroom+MaxFrameLen)} }}
+	scatterPool = sync.Pool{New: func() any { return new(Frame) }}
 )
+
+// NewScatterFrame returns an empty scatter frame with one reference. It
+// takes over one reference to owner, dropped when the frame's last
+// reference is. The maker adds the frame's bytes with AppendSlice before
+// handing the frame on; they must not change while owner is referenced.
+// Frame length limits are those of NewFrame. owner must not be nil.
+func NewScatterFrame(owner Owner) *Frame {
+	if owner == nil {
+		panic("vswitch: NewScatterFrame without an owner")
+	}
+	f := scatterPool.Get().(*Frame)
+	f.Hdr = VnetHdr{}
+	f.owner = owner
+	f.refs.Store(1)
+	return f
+}
+
+// AppendSlice adds b to the end of a scatter frame's bytes. The first
+// slice must hold the whole Ethernet header and should hold every header
+// up to the transport payload, which the switch reads in place.
+func (f *Frame) AppendSlice(b []byte) {
+	f.ext = append(f.ext, b)
+	f.extLen += len(b)
+}
+
+// Slices returns a scatter frame's bytes, in order, or nil for a
+// contiguous frame (use Data). The slices belong to the frame's owner:
+// read them only while holding a reference to the frame.
+func (f *Frame) Slices() [][]byte {
+	if f.owner == nil {
+		return nil
+	}
+	return f.ext
+}
+
+// Len returns the frame's length in bytes, contiguous or scatter.
+func (f *Frame) Len() int {
+	if f.owner != nil {
+		return f.extLen
+	}
+	return len(f.Data)
+}
+
+// head returns the frame's first contiguous bytes: Data, or the first
+// slice of a scatter frame, where its headers are.
+func (f *Frame) head() []byte {
+	if f.owner != nil {
+		if len(f.ext) == 0 {
+			return nil
+		}
+		return f.ext[0]
+	}
+	return f.Data
+}
+
+// contiguous returns f itself if it is contiguous, or else a contiguous
+// copy with one reference, dropping the caller's reference to f.
+func (f *Frame) contiguous() *Frame {
+	if f.owner == nil {
+		return f
+	}
+	c := f.clone()
+	f.DecRef()
+	return c
+}
 
 // NewFrame returns a frame from the pools with len(Data) == n and one
 // reference. Frames up to about 2 KiB come from a small-buffer pool so
@@ -175,6 +274,8 @@ func NewFrame(n int) *Frame {
 	f.refs.Store(1)
 	return f
 }
+
+// Cap, Resize and Prepend apply to contiguous frames only.
 
 // Cap returns the largest len(Data) this frame can hold without
 // reallocating, counted from the start of Data.
@@ -207,6 +308,13 @@ func (f *Frame) DecRef() {
 		panic("vswitch: Frame.DecRef without a reference")
 	}
 	f.Data = nil
+	if o := f.owner; o != nil {
+		clear(f.ext)
+		f.ext, f.extLen, f.owner = f.ext[:0], 0, nil
+		o.DecRef()
+		scatterPool.Put(f)
+		return
+	}
 	if len(f.buf) == Headroom+smallFrameLen {
 		smallPool.Put(f)
 	} else {
@@ -214,8 +322,8 @@ func (f *Frame) DecRef() {
 	}
 }
 
-// Dst returns the destination MAC; Data must hold at least 14 bytes.
-func (f *Frame) Dst() MAC { return MAC(f.Data[0:6]) }
+// Dst returns the destination MAC; the frame must hold at least 14 bytes.
+func (f *Frame) Dst() MAC { return MAC(f.head()[0:6]) }
 
-// Src returns the source MAC; Data must hold at least 14 bytes.
-func (f *Frame) Src() MAC { return MAC(f.Data[6:12]) }
+// Src returns the source MAC; the frame must hold at least 14 bytes.
+func (f *Frame) Src() MAC { return MAC(f.head()[6:12]) }

@@ -10,7 +10,9 @@ import "net/netip"
 // the port must not keep them after WriteFrames returns, and the switch
 // drops its references afterwards. A port attached without Offloads never
 // receives a GSO super-frame or a frame with VnetFlagNeedsCsum: the switch
-// segments and checksums those in software first.
+// segments and checksums those in software first. Only a port that
+// implements ScatterPort receives scatter frames (Frame.Slices); every
+// other port gets contiguous frames with their bytes in Data.
 //
 // Close is called once by Detach after the writer goroutine has stopped;
 // it must also unblock a ReadFrames in progress.

@@ -30,11 +30,13 @@ type tsoLayout struct {
 	v6      bool
 }
 
-// parseTSO checks that d is an Ethernet frame (optionally with one VLAN
-// tag) carrying IPv4 or IPv6 with TCP directly inside, as h's GSO type
-// says, and returns where its headers are. It reads through byte-slice
-// views and allocates nothing.
-func parseTSO(d []byte, h VnetHdr) (tsoLayout, error) {
+// parseTSO checks that the n-byte frame whose first bytes are d is an
+// Ethernet frame (optionally with one VLAN tag) carrying IPv4 or IPv6 with
+// TCP directly inside, as h's GSO type says, and returns where its headers
+// are. d must hold every header (it is the whole frame, or a scatter
+// frame's first slice). It reads through byte-slice views and allocates
+// nothing.
+func parseTSO(d []byte, n int, h VnetHdr) (tsoLayout, error) {
 	var l tsoLayout
 	typ := h.GSOType &^ GSOECN
 	if typ != GSOTCPv4 && typ != GSOTCPv6 {
@@ -63,8 +65,8 @@ func parseTSO(d []byte, h VnetHdr) (tsoLayout, error) {
 		}
 		ihl := int(ip.HeaderLength())
 		total := int(ip.TotalLength())
-		if ihl < header.IPv4MinimumSize || total < ihl || total > len(ip) {
-			return l, fmt.Errorf("IPv4 header length %d, total length %d in %d bytes: %w", ihl, total, len(ip), errNotTSO)
+		if ihl < header.IPv4MinimumSize || ihl > len(ip) || total < ihl || total > n-l.l3 {
+			return l, fmt.Errorf("IPv4 header length %d, total length %d in %d bytes: %w", ihl, total, n-l.l3, errNotTSO)
 		}
 		if ip.Protocol() != uint8(header.TCPProtocolNumber) {
 			return l, fmt.Errorf("IPv4 protocol %d: %w", ip.Protocol(), errNotTSO)
@@ -83,8 +85,8 @@ func parseTSO(d []byte, h VnetHdr) (tsoLayout, error) {
 			return l, fmt.Errorf("IPv6 next header %d (extension headers are not segmented): %w", ip.NextHeader(), errNotTSO)
 		}
 		pl := int(ip.PayloadLength())
-		if pl == 0 || header.IPv6MinimumSize+pl > len(ip) {
-			return l, fmt.Errorf("IPv6 payload length %d in %d bytes: %w", pl, len(ip), errNotTSO)
+		if pl == 0 || header.IPv6MinimumSize+pl > n-l.l3 {
+			return l, fmt.Errorf("IPv6 payload length %d in %d bytes: %w", pl, n-l.l3, errNotTSO)
 		}
 		l.v6 = true
 		l.l4 = l.l3 + header.IPv6MinimumSize
@@ -92,11 +94,11 @@ func parseTSO(d []byte, h VnetHdr) (tsoLayout, error) {
 	default:
 		return l, fmt.Errorf("GSO type %#x on ethertype %#04x: %w", h.GSOType, et, errNotTSO)
 	}
-	if l.end-l.l4 < header.TCPMinimumSize {
+	if l.end-l.l4 < header.TCPMinimumSize || l.l4+header.TCPMinimumSize > len(d) {
 		return l, fmt.Errorf("truncated TCP header: %w", errNotTSO)
 	}
 	doff := int(header.TCP(d[l.l4:]).DataOffset())
-	if doff < header.TCPMinimumSize || l.l4+doff > l.end {
+	if doff < header.TCPMinimumSize || l.l4+doff > l.end || l.l4+doff > len(d) {
 		return l, fmt.Errorf("TCP data offset %d: %w", doff, errNotTSO)
 	}
 	l.payload = l.l4 + doff
@@ -117,11 +119,12 @@ func parseTSO(d []byte, h VnetHdr) (tsoLayout, error) {
 //
 // Segment neither modifies f nor takes its reference. It returns out
 // unchanged and an error if f is not a well-formed TSO frame: arbitrary
-// guest bytes are safe to pass. It allocates only the segments, from the
+// guest bytes are safe to pass; so is a scatter frame, which it rejects
+// (Segment reads Data only). It allocates only the segments, from the
 // frame pools.
 func Segment(f *Frame, out []*Frame) ([]*Frame, error) {
 	d := f.Data
-	l, err := parseTSO(d, f.Hdr)
+	l, err := parseTSO(d, len(d), f.Hdr)
 	if err != nil {
 		return out, fmt.Errorf("segment: %w", err)
 	}
@@ -193,7 +196,8 @@ func pseudoSum(src, dst []byte, tcpLen int) uint16 {
 // zero for "no checksum"; for TCP both mean the same). The flag is then
 // cleared. A frame without the flag is left alone. Checksum modifies f in
 // place, so the caller must be its only holder. It returns an error,
-// leaving f unchanged, if the offsets fall outside the frame.
+// leaving f unchanged, if the offsets fall outside the frame or f is a
+// scatter frame (Checksum works on Data only).
 func Checksum(f *Frame) error {
 	h := &f.Hdr
 	if h.Flags&VnetFlagNeedsCsum == 0 {

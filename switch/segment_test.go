@@ -308,7 +308,7 @@ func FuzzSegment(f *testing.F) {
 				t.Fatalf("Segment returned frames with error %v", err)
 			}
 		} else {
-			l, _ := parseTSO(data, hdr)
+			l, _ := parseTSO(data, len(data), hdr)
 			var payload []byte
 			for _, s := range out {
 				if s.Hdr != (VnetHdr{}) {

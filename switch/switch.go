@@ -158,6 +158,7 @@ func (s *Switch) Attach(p Port, cfg PortConfig) (*Attachment, error) {
 		cfg:    cfg,
 		logger: s.logger.With("port", cfg.Name),
 	}
+	_, a.scatter = p.(ScatterPort)
 	a.q.init(cfg.QueueLen)
 
 	ports := append(slices.Clone(*s.ports.Load()), a)
@@ -195,6 +196,10 @@ type Attachment struct {
 	port   Port
 	cfg    PortConfig
 	logger *slog.Logger
+
+	// scatter: the port implements ScatterPort and is written scatter
+	// frames as they are.
+	scatter bool
 
 	q txQueue
 
