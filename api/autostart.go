@@ -31,13 +31,28 @@ type AutoStart struct {
 // take to answer a ping before it counts as hung.
 const pingTimeout = 5 * time.Second
 
+// closingWait bounds how long Connect waits for a closing listener (see
+// Connect) to finish closing; the last threads of a killed daemon release
+// its socket within milliseconds.
+const closingWait = 2 * time.Second
+
 // Connect returns a client for the daemon on socket after checking that
 // it answers. When nothing listens there and start is non-nil, it starts
 // the daemon (detached, in its own session, so it outlives the caller) and
 // waits for the socket to answer.
+//
+// A connection reset before any answer means the connection reached a
+// listener that was closing: a daemon that is exiting (after SIGKILL its
+// socket and lock stay open until its last thread is gone, after its main
+// thread is already a zombie). Connect pings again until that listener is
+// gone (refused, so a new daemon can take the socket and its lock) or
+// answers, for at most closingWait.
 func Connect(ctx context.Context, socket string, start *AutoStart) (*Client, error) {
 	c := NewClient(socket)
 	err := ping(ctx, c)
+	if errors.Is(err, syscall.ECONNRESET) {
+		err = pingWhileReset(ctx, c)
+	}
 	if err == nil {
 		return c, nil
 	}
@@ -58,6 +73,27 @@ func ping(ctx context.Context, c *Client) error {
 		return fmt.Errorf("the usernet daemon on %s is not answering", c.socket)
 	}
 	return err
+}
+
+// pingWhileReset pings c until the answer is something other than a
+// connection reset, or closingWait has passed, and returns the last error.
+func pingWhileReset(ctx context.Context, c *Client) error {
+	deadline := time.NewTimer(closingWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return ping(ctx, c)
+		case <-tick.C:
+			if err := ping(ctx, c); !errors.Is(err, syscall.ECONNRESET) {
+				return err
+			}
+		}
+	}
 }
 
 // noListener reports whether err means nobody listens on the socket (as
@@ -101,7 +137,7 @@ func spawn(ctx context.Context, c *Client, start *AutoStart) error {
 		if tail == "" {
 			tail = why
 		}
-		return fmt.Errorf("the daemon did not start: %s", tail)
+		return fmt.Errorf("cannot reach the usernet daemon on %s and could not start one: %s", c.socket, tail)
 	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -129,7 +165,9 @@ func spawn(ctx context.Context, c *Client, start *AutoStart) error {
 }
 
 // logTail returns up to n last non-empty lines written to path after
-// offset, joined with "; " so the error stays on one line.
+// offset, joined with "; " so the error stays on one line. A line's
+// "usernet: " prefix (how the daemon prints its fatal error) is dropped:
+// the caller's own message will carry one.
 func logTail(path string, offset int64, n int) string {
 	f, err := os.Open(path)
 	if err != nil {
@@ -143,7 +181,7 @@ func logTail(path string, offset int64, n int) string {
 	var lines []string
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); l != "" {
+		if l := strings.TrimPrefix(strings.TrimSpace(sc.Text()), "usernet: "); l != "" {
 			lines = append(lines, l)
 		}
 	}

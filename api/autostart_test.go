@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -69,6 +70,47 @@ func TestConnectStartsDaemon(t *testing.T) {
 	}
 }
 
+// TestConnectThroughClosingListener: the first ping reaches a listener
+// that closes before answering (a daemon's last threads exiting after
+// SIGKILL), which resets the connection. Connect waits until the socket is
+// dead and starts a daemon instead of reporting the reset.
+func TestConnectThroughClosingListener(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "usernet.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false) // a killed daemon leaves its socket file
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		defer l.Close()
+		conn, err := l.Accept()
+		if err != nil {
+			return
+		}
+		// Close with the rest of the request unread: the client's read
+		// fails with ECONNRESET.
+		conn.Read(make([]byte, 1))
+		conn.Close()
+	}()
+	t.Setenv(fakeDaemonEnv, sock)
+	c, err := Connect(context.Background(), sock, &AutoStart{
+		Command: []string{os.Args[0]},
+		LogPath: filepath.Join(dir, "daemon.log"),
+	})
+	<-closed
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	defer c.Close()
+	t.Cleanup(func() { stopFakeDaemon(t, sock) })
+	if err := c.Ping(context.Background()); err != nil {
+		t.Errorf("Ping through the started daemon: %v", err)
+	}
+}
+
 // stopFakeDaemon sends SIGTERM to the daemon a test started and waits
 // (boundedly) for its socket to go away.
 func stopFakeDaemon(t *testing.T, sock string) {
@@ -95,11 +137,12 @@ func TestConnectReportsDaemonFailure(t *testing.T) {
 	if err := os.WriteFile(logPath, []byte("old news\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Connect(context.Background(), filepath.Join(dir, "usernet.sock"), &AutoStart{
+	sock := filepath.Join(dir, "usernet.sock")
+	_, err := Connect(context.Background(), sock, &AutoStart{
 		Command: []string{"sh", "-c", "echo starting; echo; echo 'usernet: cannot open state' >&2; exit 1"},
 		LogPath: logPath,
 	})
-	want := "the daemon did not start: starting; usernet: cannot open state"
+	want := "cannot reach the usernet daemon on " + sock + " and could not start one: starting; cannot open state"
 	if err == nil || err.Error() != want {
 		t.Errorf("Connect = %v, want %q", err, want)
 	}
@@ -107,12 +150,13 @@ func TestConnectReportsDaemonFailure(t *testing.T) {
 
 func TestConnectGivesUp(t *testing.T) {
 	dir := t.TempDir()
-	_, err := Connect(context.Background(), filepath.Join(dir, "usernet.sock"), &AutoStart{
+	sock := filepath.Join(dir, "usernet.sock")
+	_, err := Connect(context.Background(), sock, &AutoStart{
 		Command: []string{"sleep", "1"}, // never listens
 		LogPath: filepath.Join(dir, "daemon.log"),
 		Timeout: 100 * time.Millisecond,
 	})
-	if err == nil || !strings.HasPrefix(err.Error(), "the daemon did not start: no answer on ") {
+	if err == nil || !strings.HasPrefix(err.Error(), "cannot reach the usernet daemon on "+sock+" and could not start one: no answer on ") {
 		t.Errorf("Connect = %v, want a did-not-start error", err)
 	}
 }

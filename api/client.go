@@ -241,10 +241,11 @@ func (c *Client) NetworkInspect(ctx context.Context, nameOrID string) (engine.Ne
 	return out, c.getJSON(ctx, "/v1/networks/"+url.PathEscape(nameOrID), nil, &out)
 }
 
-// Logs returns a sandbox's output; with follow it goes on until the
-// sandbox exits. The caller closes the reader.
-func (c *Client) Logs(ctx context.Context, nameOrID string, follow bool) (io.ReadCloser, error) {
-	q := url.Values{}
+// Logs returns one stream of a sandbox's output (engine.Stdout or
+// engine.Stderr, each its own request, so that they stay apart); with
+// follow it goes on until the sandbox exits. The caller closes the reader.
+func (c *Client) Logs(ctx context.Context, nameOrID string, stream engine.LogStream, follow bool) (io.ReadCloser, error) {
+	q := url.Values{"stream": {string(stream)}}
 	if follow {
 		q.Set("follow", "1")
 	}

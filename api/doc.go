@@ -13,7 +13,11 @@
 //	POST   /sandboxes/{name}/wait       wait for exit (WaitResponse)
 //	POST   /sandboxes/{name}/stop?t=S   stop (S: seconds before SIGKILL; 0 at once, -1 never, absent 10)
 //	POST   /sandboxes/{name}/kill?signal=N
-//	GET    /sandboxes/{name}/logs?follow=1
+//	GET    /sandboxes/{name}/logs?stream=stdout|stderr&follow=1
+//	                                    one raw stream (default stdout); the
+//	                                    two are separate requests rather than
+//	                                    one multiplexed body, so neither needs
+//	                                    framing and a follower just reads both
 //	GET    /sandboxes/{name}/ports      port
 //	POST   /sandboxes/{name}/exec       exec (ExecRequest; stdio passed as descriptors)
 //	POST   /execs/{id}/kill?signal=N    signal an exec'd command

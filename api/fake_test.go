@@ -29,7 +29,8 @@ type fakeEngine struct {
 	removed   []string
 	execs     []engine.ExecConfig
 	proc      *fakeProcess
-	logs      string
+	logs      string      // stdout
+	errLogs   string      // stderr
 	logFollow chan string // with follow, Logs streams what arrives here until closed
 }
 
@@ -128,11 +129,16 @@ func (f *fakeEngine) Inspect(name string) (engine.ContainerJSON, error) {
 	return engine.ContainerJSON{ID: strings.Repeat("1", 64), Name: "/web", Args: []string{"sleep"}}, nil
 }
 
-func (f *fakeEngine) Logs(name string, follow bool) (io.ReadCloser, error) {
+func (f *fakeEngine) Logs(name string, stream engine.LogStream, follow bool) (io.ReadCloser, error) {
 	if name != "web" {
 		return nil, notFound(name)
 	}
-	if !follow {
+	switch {
+	case stream == engine.Stderr:
+		return io.NopCloser(strings.NewReader(f.errLogs)), nil
+	case stream != engine.Stdout:
+		return nil, fmt.Errorf("%w: stream %q", engine.ErrInvalid, stream)
+	case !follow:
 		return io.NopCloser(strings.NewReader(f.logs)), nil
 	}
 	pr, pw := io.Pipe()

@@ -32,7 +32,7 @@ type Engine interface {
 	Exec(ctx context.Context, nameOrID string, cfg engine.ExecConfig) (Process, error)
 	List(all bool) []engine.ContainerSummary
 	Inspect(nameOrID string) (engine.ContainerJSON, error)
-	Logs(nameOrID string, follow bool) (io.ReadCloser, error)
+	Logs(nameOrID string, stream engine.LogStream, follow bool) (io.ReadCloser, error)
 	Port(nameOrID string) ([]engine.PortMapping, error)
 	Networks() []engine.NetworkResource
 	NetworkInspect(nameOrID string) (engine.NetworkResource, error)
@@ -316,7 +316,11 @@ func (s *Server) networkInspect(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
-	rc, err := s.eng.Logs(r.PathValue("name"), boolParam(r, "follow"))
+	stream := engine.LogStream(r.URL.Query().Get("stream"))
+	if stream == "" {
+		stream = engine.Stdout
+	}
+	rc, err := s.eng.Logs(r.PathValue("name"), stream, boolParam(r, "follow"))
 	if err != nil {
 		s.fail(w, err)
 		return

@@ -262,21 +262,26 @@ func TestExec(t *testing.T) {
 
 func TestLogs(t *testing.T) {
 	follow := make(chan string)
-	eng := &fakeEngine{logs: "line 1\nline 2\n", logFollow: follow}
+	eng := &fakeEngine{logs: "line 1\nline 2\n", errLogs: "warning\n", logFollow: follow}
 	c := serve(t, eng)
 	ctx := context.Background()
 
-	rc, err := c.Logs(ctx, "web", false)
-	if err != nil {
-		t.Fatalf("Logs: %v", err)
+	for stream, want := range map[engine.LogStream]string{engine.Stdout: eng.logs, engine.Stderr: eng.errLogs} {
+		rc, err := c.Logs(ctx, "web", stream, false)
+		if err != nil {
+			t.Fatalf("Logs %s: %v", stream, err)
+		}
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		if string(b) != want {
+			t.Errorf("Logs %s = %q, want %q", stream, b, want)
+		}
 	}
-	b, _ := io.ReadAll(rc)
-	rc.Close()
-	if string(b) != eng.logs {
-		t.Errorf("Logs = %q, want %q", b, eng.logs)
+	if _, err := c.Logs(ctx, "web", "both", false); !errors.Is(err, engine.ErrInvalid) {
+		t.Errorf("Logs of stream both = %v, want ErrInvalid", err)
 	}
 
-	rc, err = c.Logs(ctx, "web", true)
+	rc, err := c.Logs(ctx, "web", engine.Stdout, true)
 	if err != nil {
 		t.Fatalf("Logs follow: %v", err)
 	}
@@ -293,7 +298,7 @@ func TestLogs(t *testing.T) {
 		t.Errorf("after the sandbox exited: %q, %v; want EOF", rest, err)
 	}
 
-	if _, err := c.Logs(ctx, "nosuch", false); !errors.Is(err, engine.ErrNotFound) {
+	if _, err := c.Logs(ctx, "nosuch", engine.Stdout, false); !errors.Is(err, engine.ErrNotFound) {
 		t.Errorf("Logs(nosuch) = %v, want ErrNotFound", err)
 	}
 }

@@ -80,6 +80,11 @@ var (
 	// executed (permission denied, a directory, a bad interpreter; a
 	// shell's 126). Such an error matches ErrInvalid too.
 	ErrCommandNotExecutable = errors.New("command not executable")
+
+	// ErrStateLocked: New could not open the state database because
+	// another process (another usernet daemon on another socket, most
+	// likely) holds its lock.
+	ErrStateLocked = errors.New("state locked by another process")
 )
 
 // Engine is the control plane of one usernet daemon. Create it with New and
@@ -270,7 +275,9 @@ func (e *Engine) Remove(ctx context.Context, nameOrID string, force bool) error 
 type ExecConfig struct {
 	// Args is the command and its arguments. Required.
 	Args []string
-	// Env is added to the command's environment.
+	// Env is added to the command's environment, which starts as the
+	// sandbox's run-time one (what its main command got); an entry here
+	// overrides the run-time entry with its key, as docker exec does.
 	Env []string
 	// WorkingDir is the command's working directory; "" keeps the agent's.
 	WorkingDir string
@@ -332,13 +339,25 @@ func (e *Engine) List(all bool) []ContainerSummary { return e.list(all) }
 // Inspect returns the `docker inspect` view of a sandbox.
 func (e *Engine) Inspect(nameOrID string) (ContainerJSON, error) { return e.inspect(nameOrID) }
 
-// Logs returns the output of a detached sandbox (stdout and stderr
-// interleaved as written). With follow the reader keeps returning new
-// output until the sandbox exits and then reports io.EOF; Close ends it
-// early. A sandbox run in the foreground wrote to the caller's terminal,
-// so its log is empty.
-func (e *Engine) Logs(nameOrID string, follow bool) (io.ReadCloser, error) {
-	return e.logs(nameOrID, follow)
+// LogStream names one of a detached sandbox's two logged streams.
+type LogStream string
+
+// The streams Logs can return. A detached sandbox's stdout and stderr go to
+// separate files, so that they can be given back apart as docker logs
+// does; their relative order is not kept.
+const (
+	Stdout LogStream = "stdout"
+	Stderr LogStream = "stderr"
+)
+
+// Logs returns one stream of the output of a detached sandbox. With follow
+// the reader keeps returning new output until the sandbox exits and then
+// reports io.EOF; Close ends it early. A sandbox run in the foreground
+// wrote to the caller's terminal, so its log is empty, and so is the
+// stderr of a sandbox from a daemon that logged both streams as stdout.
+// Any other stream is an ErrInvalid error.
+func (e *Engine) Logs(nameOrID string, stream LogStream, follow bool) (io.ReadCloser, error) {
+	return e.logs(nameOrID, stream, follow)
 }
 
 // PortMapping is one published port of a running sandbox.

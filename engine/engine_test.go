@@ -559,19 +559,25 @@ func TestRestartSettlesRunningSandboxes(t *testing.T) {
 func TestLogs(t *testing.T) {
 	env := newTestEnv(t)
 	env.launcher.output = "hello\n"
-	_, p, _ := env.run(RunConfig{Name: "talker"})
+	env.launcher.errOut = "oops\n"
+	_, p, _ := env.run(RunConfig{Name: "talker", Detach: true})
 
-	r, err := env.e.Logs("talker", false)
-	if err != nil {
-		t.Fatal(err)
+	for stream, want := range map[LogStream]string{Stdout: "hello\n", Stderr: "oops\n"} {
+		r, err := env.e.Logs("talker", stream, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(r)
+		r.Close()
+		if string(b) != want {
+			t.Errorf("Logs %s = %q, want %q", stream, b, want)
+		}
 	}
-	b, _ := io.ReadAll(r)
-	r.Close()
-	if string(b) != "hello\n" {
-		t.Errorf("Logs = %q, want hello", b)
+	if _, err := env.e.Logs("talker", "both", false); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Logs of stream both = %v, want ErrInvalid", err)
 	}
 
-	f, err := env.e.Logs("talker", true)
+	f, err := env.e.Logs("talker", Stdout, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -592,6 +598,59 @@ func TestLogs(t *testing.T) {
 	rest, err := io.ReadAll(f)
 	if err != nil || string(rest) != "bye\n" {
 		t.Errorf("follow rest = %q, %v; want bye then EOF", rest, err)
+	}
+}
+
+// TestLogsOfOldRecord: a sandbox recorded by a daemon that logged both
+// streams to one output.log has that file as its stdout and no stderr.
+func TestLogsOfOldRecord(t *testing.T) {
+	env := newTestEnv(t)
+	id, p, _ := env.run(RunConfig{Name: "old", Detach: true})
+	p.exit(0)
+	env.e.Wait(context.Background(), "old")
+	if err := env.e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := openStore(filepath.Join(env.dir, "state", "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := st.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := snap.containers[0]
+	rec.LogPath = filepath.Join(filepath.Dir(rec.LogPath), "output.log")
+	rec.StderrLogPath = ""
+	if err := os.WriteFile(rec.LogPath, []byte("out\nerr\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.update(func(t txn) error { return t.putContainer(rec) }); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	env.open()
+
+	for stream, want := range map[LogStream]string{Stdout: "out\nerr\n", Stderr: ""} {
+		r, err := env.e.Logs(id, stream, true)
+		if err != nil {
+			t.Fatalf("Logs %s: %v", stream, err)
+		}
+		b, err := io.ReadAll(r)
+		r.Close()
+		if err != nil || string(b) != want {
+			t.Errorf("Logs %s of an old record = %q, %v; want %q", stream, b, err, want)
+		}
+	}
+}
+
+// TestStateLocked: a second engine on the same state directory fails with
+// ErrStateLocked instead of waiting for the first to go.
+func TestStateLocked(t *testing.T) {
+	env := newTestEnv(t)
+	_, err := newEngine(context.Background(), Config{StateDir: filepath.Join(env.dir, "state")}, defaultDeps())
+	if !errors.Is(err, ErrStateLocked) {
+		t.Errorf("second engine on the same state = %v, want ErrStateLocked", err)
 	}
 }
 

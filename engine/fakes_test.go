@@ -44,6 +44,7 @@ type fakeLauncher struct {
 	procs  []*fakeProc
 	fail   error  // returned by Launch when set
 	output string // written to the command's stdout at start
+	errOut string // written to the command's stderr at start
 	noTAP  bool   // bridge sandboxes come without a TAP
 	nextID int
 }
@@ -57,6 +58,11 @@ func (l *fakeLauncher) Launch(ctx context.Context, ls launchSpec) (sandboxProces
 	}
 	if l.output != "" {
 		if _, err := ls.Stdout.WriteString(l.output); err != nil {
+			return nil, err
+		}
+	}
+	if l.errOut != "" {
+		if _, err := ls.Stderr.WriteString(l.errOut); err != nil {
 			return nil, err
 		}
 	}

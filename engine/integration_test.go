@@ -219,7 +219,7 @@ func TestIntegrationRun(t *testing.T) {
 	if err != nil || code != 0 {
 		t.Fatalf("Wait = %d, %v", code, err)
 	}
-	logs, err := e.Logs(id, false)
+	logs, err := e.Logs(id, Stdout, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -137,6 +139,10 @@ func (e *Engine) exec(_ context.Context, nameOrID string, cfg ExecConfig) (*Proc
 	if !c.running() || c.proc == nil {
 		return nil, errorf(ErrConflict, "sandbox %s is not running: start a new one with run", c.rec.Name)
 	}
+	e.mu.Lock()
+	spec := c.rec.Spec
+	e.mu.Unlock()
+	cfg.Env = execEnv(spec, cfg)
 	p, err := c.proc.Exec(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("exec in sandbox %s: %w", c.rec.Name, err)
@@ -144,19 +150,64 @@ func (e *Engine) exec(_ context.Context, nameOrID string, cfg ExecConfig) (*Proc
 	return &Process{proc: p}, nil
 }
 
+// execEnv is an exec'd command's environment, as docker exec builds it:
+// the sandbox's run-time environment (what its main command got: -e
+// values, PATH, HOSTNAME, TERM) overridden by exec's own -e entries, plus
+// TERM=xterm when exec asks for a terminal and neither set TERM. It is
+// never nil, so the agent never hands the command its own environment.
+func execEnv(spec runSpec, cfg ExecConfig) []string {
+	env := mergeEnv(launchEnv(spec), cfg.Env)
+	if cfg.TTY && !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "TERM=") }) {
+		env = append(env, "TERM=xterm")
+	}
+	return env
+}
+
+// mergeEnv returns base with each "K=V" of over replacing base's entry for
+// K in place, or appended when base has none. The inputs are not modified.
+func mergeEnv(base, over []string) []string {
+	env := slices.Clone(base)
+	if env == nil {
+		env = []string{}
+	}
+	for _, kv := range over {
+		k, _, _ := strings.Cut(kv, "=")
+		i := slices.IndexFunc(env, func(b string) bool {
+			bk, _, _ := strings.Cut(b, "=")
+			return bk == k
+		})
+		if i >= 0 {
+			env[i] = kv
+		} else {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
 // followPoll is how often a following log reader looks for new output.
 // Polling a regular file is what `tail -f` does without inotify; the
 // interval bounds latency, not correctness.
 const followPoll = 100 * time.Millisecond
 
-func (e *Engine) logs(nameOrID string, follow bool) (io.ReadCloser, error) {
+func (e *Engine) logs(nameOrID string, stream LogStream, follow bool) (io.ReadCloser, error) {
+	if stream != Stdout && stream != Stderr {
+		return nil, errorf(ErrInvalid, "unknown log stream %q: use %s or %s", stream, Stdout, Stderr)
+	}
 	c, err := e.lookup(nameOrID)
 	if err != nil {
 		return nil, err
 	}
 	e.mu.Lock()
 	path := c.rec.LogPath
+	if stream == Stderr {
+		path = c.rec.StderrLogPath
+	}
 	e.mu.Unlock()
+	if path == "" {
+		// A record from a daemon that logged both streams to LogPath.
+		return io.NopCloser(eofReader{}), nil
+	}
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		// Never written (the files of a record from an older daemon were

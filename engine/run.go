@@ -288,7 +288,7 @@ func (e *Engine) run(ctx context.Context, cfg RunConfig) (id string, warnings []
 	if err != nil {
 		return "", nil, err
 	}
-	stdio, err := e.openStdio(cfg, rec.LogPath)
+	stdio, err := e.openStdio(cfg, rec.LogPath, rec.StderrLogPath)
 	if err != nil {
 		return "", nil, err
 	}
@@ -438,7 +438,8 @@ func (e *Engine) prepareFiles(cfg RunConfig, rec *containerRecord, net *network,
 			return launchSpec{}, fmt.Errorf("write resolv.conf: %w", err)
 		}
 	}
-	rec.LogPath = filepath.Join(dir, "output.log")
+	rec.LogPath = filepath.Join(dir, "stdout.log")
+	rec.StderrLogPath = filepath.Join(dir, "stderr.log")
 	return ls, nil
 }
 
@@ -486,25 +487,33 @@ func formatResolvConf(rc resolvConf) []byte {
 	return []byte(b.String())
 }
 
-// openStdio returns the command's fds 0, 1 and 2: the log file (created
-// for every sandbox, so Logs always has something to open) for a detached
-// one, the caller's files otherwise, /dev/null where there is nothing.
-func (e *Engine) openStdio(cfg RunConfig, logPath string) ([3]*os.File, error) {
+// openStdio returns the command's fds 0, 1 and 2: the stdout and stderr
+// log files (created for every sandbox, so Logs always has something to
+// open) for a detached one, the caller's files otherwise, /dev/null where
+// there is nothing. Separate files keep the streams apart, as docker logs
+// does, at the cost of their relative order.
+func (e *Engine) openStdio(cfg RunConfig, stdoutPath, stderrPath string) ([3]*os.File, error) {
 	var fds [3]*os.File
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	outf, err := os.OpenFile(stdoutPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
+		return fds, fmt.Errorf("create log file: %w", err)
+	}
+	errf, err := os.OpenFile(stderrPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		outf.Close()
 		return fds, fmt.Errorf("create log file: %w", err)
 	}
 	if cfg.Detach {
 		null, err := os.Open(os.DevNull)
 		if err != nil {
-			logf.Close()
+			outf.Close()
+			errf.Close()
 			return fds, fmt.Errorf("open %s: %w", os.DevNull, err)
 		}
-		// The same *os.File twice is fine: the sandbox dups each fd.
-		return [3]*os.File{null, logf, logf}, nil
+		return [3]*os.File{null, outf, errf}, nil
 	}
-	logf.Close()
+	outf.Close()
+	errf.Close()
 	fds = [3]*os.File{cfg.Stdin, cfg.Stdout, cfg.Stderr}
 	if !cfg.Interactive && !withTerminal(cfg) {
 		// Without -i the command must not read the user's input; with

@@ -2,11 +2,13 @@ package engine
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // The database (StateDir/state.db) has three top-level buckets:
@@ -86,7 +88,10 @@ type containerRecord struct {
 	Endpoint       *endpointRecord
 	ResolvConfPath string
 	HostsPath      string
-	LogPath        string
+	LogPath        string // the command's stdout (and stderr, before StderrLogPath)
+	// StderrLogPath is the command's stderr; "" for a record from a daemon
+	// that logged both streams to LogPath, whose log is then all stdout.
+	StderrLogPath string
 }
 
 // store is the bbolt database. Its methods are safe for concurrent use
@@ -96,11 +101,22 @@ type store struct {
 	db *bolt.DB
 }
 
-// openStore opens or creates the database at path.
+// lockTimeout bounds the wait for the database's lock. bbolt's lock is a
+// flock, which the kernel drops the moment its holder exits (even on
+// SIGKILL), so a longer wait only helps a daemon still shutting down; the
+// caller is a daemon starting up with a client waiting for it, which must
+// learn fast that another daemon holds the state.
+const lockTimeout = 500 * time.Millisecond
+
+// openStore opens or creates the database at path. A lock held by another
+// process is an ErrStateLocked error.
 func openStore(path string) (*store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("open state %s: %w", path, ErrStateLocked)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("open state %s: %w (is another usernet daemon running?)", path, err)
+		return nil, fmt.Errorf("open state %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketNetworks, bucketSandboxes, bucketIPAM} {

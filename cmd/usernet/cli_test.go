@@ -107,9 +107,12 @@ func (f *fakeEngine) Inspect(name string) (engine.ContainerJSON, error) {
 	return engine.ContainerJSON{ID: fakeID, Name: "/web", Path: "sleep", Args: []string{"100"}}, nil
 }
 
-func (f *fakeEngine) Logs(name string, follow bool) (io.ReadCloser, error) {
+func (f *fakeEngine) Logs(name string, stream engine.LogStream, follow bool) (io.ReadCloser, error) {
 	if err := known(name); err != nil {
 		return nil, err
+	}
+	if stream == engine.Stderr {
+		return io.NopCloser(strings.NewReader("error line\n")), nil
 	}
 	return io.NopCloser(strings.NewReader("log line\n")), nil
 }
@@ -333,7 +336,7 @@ func TestManagementCommands(t *testing.T) {
 		{name: "stop", args: []string{"stop", "web"}, want: result{stdout: "web\n"}},
 		{name: "rm continues past failures", args: []string{"rm", "nosuch", "web"},
 			want: result{code: 1, stdout: "web\n", stderr: "usernet: not found: no such sandbox: nosuch\n"}},
-		{name: "logs", args: []string{"logs", "web"}, want: result{stdout: "log line\n"}},
+		{name: "logs", args: []string{"logs", "web"}, want: result{stdout: "log line\n", stderr: "error line\n"}},
 		{name: "logs unknown", args: []string{"logs", "nosuch"}, want: result{code: 1, stderr: "usernet: not found: no such sandbox: nosuch\n"}},
 		{name: "port", args: []string{"port", "web"}, want: result{stdout: "80/tcp -> 0.0.0.0:5000\n"}},
 		{name: "port filtered", args: []string{"port", "web", "80/tcp"}, want: result{stdout: "0.0.0.0:5000\n"}},

@@ -103,6 +103,11 @@ func runDaemon(ctx context.Context, e *env, o *daemonOptions) error {
 		Logger:              logger,
 		DisableHostLoopback: o.disableHostLoopback,
 	})
+	if errors.Is(err, engine.ErrStateLocked) {
+		// The socket was free but the state is not: another daemon of
+		// this user serves the same state on another socket.
+		return fmt.Errorf("the state in %s is held by another usernet daemon (is USERNET_SOCKET or --socket pointing at the wrong socket?)", stateDir)
+	}
 	if err != nil {
 		return fmt.Errorf("open state in %s: %w", stateDir, err)
 	}

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"sync"
 
 	"github.com/spf13/cobra"
 	"github.com/usernet/usernet/api"
@@ -147,15 +150,34 @@ func showLogs(ctx context.Context, e *env, o *logsOptions, name string) error {
 		return err
 	}
 	defer c.Close()
-	rc, err := c.Logs(ctx, name, o.follow)
-	if err != nil {
-		return err
+	// Each stream is its own request, copied to the matching stream of
+	// ours, as docker logs does; both are open before either is copied so
+	// that an error (no such sandbox) comes before any output.
+	outs := []*os.File{e.out, e.err}
+	var rcs []io.ReadCloser
+	defer func() {
+		for _, rc := range rcs {
+			rc.Close()
+		}
+	}()
+	for _, stream := range []engine.LogStream{engine.Stdout, engine.Stderr} {
+		rc, err := c.Logs(ctx, name, stream, o.follow)
+		if err != nil {
+			return err
+		}
+		rcs = append(rcs, rc)
 	}
-	defer rc.Close()
-	if _, err := io.Copy(e.out, rc); err != nil {
-		return fmt.Errorf("logs of %s: %w", name, err)
+	errs := make([]error, len(rcs))
+	var wg sync.WaitGroup
+	for i, rc := range rcs {
+		wg.Go(func() {
+			if _, err := io.Copy(outs[i], rc); err != nil {
+				errs[i] = fmt.Errorf("logs of %s: %w", name, err)
+			}
+		})
 	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func newPortCmd(e *env) *cobra.Command {
