@@ -29,10 +29,12 @@ lint:
 # namespaces; usernet itself runs as an unprivileged user). PROFILE=1 adds
 # pprof CPU and allocation profiles of the usernet daemon.
 bench: build
+	$(GO) run ./bench/dataplane -t 10 -reps 3
 	$(GO) run ./bench/harness -bin $(BIN) $(if $(PROFILE),-profile) $(BENCHFLAGS)
 
 # bench-smoke is one short repetition of everything, so the harness cannot rot.
 bench-smoke: build
+	$(GO) run ./bench/dataplane -t 1 -reps 1 -idle-wait 1s
 	$(GO) run ./bench/harness -bin $(BIN) -smoke
 
 # fuzz gives each fuzz target a short run.

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -426,4 +429,36 @@ type signalEngine struct {
 func (s *signalEngine) Run(ctx context.Context, cfg engine.RunConfig) (string, []string, error) {
 	defer close(s.started)
 	return s.fakeEngine.Run(ctx, cfg)
+}
+
+func TestServePprofRefusesNonLoopback(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:6060", "10.1.2.3:6060", "localhost", ":6060"} {
+		t.Setenv(pprofEnv, addr)
+		if err := servePprof(t.Context(), slog.New(slog.DiscardHandler)); err == nil {
+			t.Errorf("servePprof with %s=%q: got nil error, want a refusal", pprofEnv, addr)
+		}
+	}
+}
+
+func TestServePprofServesProfiles(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	t.Setenv(pprofEnv, addr)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	if err := servePprof(ctx, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + addr + "/debug/pprof/allocs?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /debug/pprof/allocs: status %d, want 200", resp.StatusCode)
+	}
 }

@@ -98,6 +98,9 @@ func runDaemon(ctx context.Context, e *env, o *daemonOptions) error {
 		return err
 	}
 	defer l.Close()
+	if err := servePprof(ctx, logger); err != nil {
+		return err
+	}
 	eng, err := engine.New(ctx, engine.Config{
 		StateDir:            stateDir,
 		Logger:              logger,
