@@ -3,7 +3,6 @@ package main
 import (
 	"github.com/spf13/cobra"
 	"github.com/usernet/usernet/api"
-	"github.com/usernet/usernet/engine"
 )
 
 func newNetworkCmd(e *env) *cobra.Command {
@@ -43,18 +42,7 @@ func newNetworkInspectCmd(e *env) *cobra.Command {
 		Short: "Show networks' details as JSON (docker network inspect's shape)",
 		Args:  argsAtLeast(1, "the network to inspect"),
 		RunE: withStatus(statusFailed, func(cmd *cobra.Command, args []string) error {
-			found := []engine.NetworkResource{}
-			err := forEachName(cmd.Context(), e, args, func(c *api.Client, name string) error {
-				v, err := c.NetworkInspect(cmd.Context(), name)
-				if err == nil {
-					found = append(found, v)
-				}
-				return err
-			})
-			if werr := writeJSON(e.out, found); werr != nil {
-				return werr
-			}
-			return err
+			return inspectEach(cmd.Context(), e, args, (*api.Client).NetworkInspect)
 		}),
 	}
 }

@@ -234,19 +234,25 @@ func newInspectCmd(e *env) *cobra.Command {
 		Short: "Show sandboxes' details as JSON (docker inspect's shape)",
 		Args:  argsAtLeast(1, "the sandbox to inspect"),
 		RunE: withStatus(statusFailed, func(cmd *cobra.Command, args []string) error {
-			found := []engine.ContainerJSON{}
-			err := forEachName(cmd.Context(), e, args, func(c *api.Client, name string) error {
-				v, err := c.Inspect(cmd.Context(), name)
-				if err == nil {
-					found = append(found, v)
-				}
-				return err
-			})
-			// As docker: print what was found, then fail for the rest.
-			if werr := writeJSON(e.out, found); werr != nil {
-				return werr
-			}
-			return err
+			return inspectEach(cmd.Context(), e, args, (*api.Client).Inspect)
 		}),
 	}
+}
+
+// inspectEach prints, as one JSON array, what fetch returns for each
+// name, then fails if any name was not found: as docker does, the objects
+// that exist are printed even when others do not.
+func inspectEach[T any](ctx context.Context, e *env, names []string, fetch func(*api.Client, context.Context, string) (T, error)) error {
+	found := []T{}
+	err := forEachName(ctx, e, names, func(c *api.Client, name string) error {
+		v, err := fetch(c, ctx, name)
+		if err == nil {
+			found = append(found, v)
+		}
+		return err
+	})
+	if werr := writeJSON(e.out, found); werr != nil {
+		return werr
+	}
+	return err
 }
