@@ -20,7 +20,7 @@ import (
 // guestService listens on the guest at port and, for each connection,
 // reports its remote address, then answers "guest saw " + what it read
 // until EOF.
-func guestService(t *testing.T, g *guest, port uint16) <-chan netip.AddrPort {
+func guestService(t testing.TB, g *guest, port uint16) <-chan netip.AddrPort {
 	t.Helper()
 	ln, err := gonet.ListenTCP(g.s, full(netip.AddrPortFrom(g.addr, port)), ipv4.ProtocolNumber)
 	if err != nil {
@@ -46,7 +46,7 @@ func guestService(t *testing.T, g *guest, port uint16) <-chan netip.AddrPort {
 }
 
 // exchange sends msg on c, half-closes and returns the whole answer.
-func exchange(t *testing.T, c net.Conn, msg string) string {
+func exchange(t testing.TB, c net.Conn, msg string) string {
 	t.Helper()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Write([]byte(msg)); err != nil {

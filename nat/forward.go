@@ -396,7 +396,7 @@ func (p *published) serveTCP() {
 			continue
 		}
 		p.wg.Add(1)
-		go p.forwardTCP(c)
+		workers.goFn(func() { p.forwardTCP(c) })
 	}
 }
 

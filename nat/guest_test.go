@@ -41,7 +41,7 @@ type testNet struct {
 }
 
 // newTestNet builds the switch and gateway; cfg.Gateway is filled in.
-func newTestNet(t *testing.T, cfg Config) *testNet {
+func newTestNet(t testing.TB, cfg Config) *testNet {
 	t.Helper()
 	cfg.Gateway = testPrefix.Addr()
 	if cfg.Logger == nil {
@@ -76,7 +76,7 @@ type guest struct {
 // the gateway) to the network. Its port is attached without offloads, so
 // the switch segments the gateway's TSO frames and completes checksums,
 // as it would for a TAP without a vnet header.
-func (n *testNet) addGuest(t *testing.T, addr netip.Addr) *guest {
+func (n *testNet) addGuest(t testing.TB, addr netip.Addr) *guest {
 	t.Helper()
 	mac := tcpip.LinkAddress([]byte{0x02, 0x42, 0xac, 0x11, addr.As4()[2], addr.As4()[3]})
 	ch := channel.New(4096, testMTU+header.EthernetMinimumSize, mac)

@@ -13,7 +13,8 @@ import (
 // both use it.
 //
 //  1. Two copy loops run, one per direction; the caller's goroutine runs one
-//     of them, so a relay costs one extra goroutine.
+//     of them, so a relay costs one extra goroutine, taken from the
+//     reused workers (workers.go).
 //  2. Each loop starts with a 32 KiB buffer and, once it has moved
 //     relayGrowAfter bytes, switches to a 256 KiB buffer: bulk transfers get
 //     large buffers (fewer syscalls and netstack passes per byte;
@@ -60,10 +61,10 @@ func relay(a, b net.Conn) relayResult {
 	var res relayResult
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() {
+	workers.goFn(func() {
 		defer wg.Done()
 		res.BToA, res.BToAErr = relayHalf(a, b)
-	}()
+	})
 	res.AToB, res.AToBErr = relayHalf(b, a)
 	wg.Wait()
 	a.Close()
