@@ -32,17 +32,8 @@ func newFdbasedPath(_ context.Context, ns *netns.NS, mtu int, gw netip.Prefix, l
 	}); err != nil {
 		return nil, fmt.Errorf("fdbased: %w", err)
 	}
-	out := nat.NewOutbound(nat.Config{Gateway: gw.Addr(), HostLoopback: true, Logger: logger})
-	g, err := stack.NewFdbased(stack.Config{
-		Name:   "bench",
-		MTU:    mtu,
-		Addr:   gw,
-		MAC:    gatewayMAC,
-		Logger: logger,
-		TCP:    out,
-		UDP:    out,
-		Echo:   out,
-	}, os.NewFile(uintptr(fd), "tap:"+tapName))
+	cfg, out := gatewayConfig(mtu, gw, logger)
+	g, err := stack.NewFdbased(cfg, os.NewFile(uintptr(fd), "tap:"+tapName))
 	if err != nil {
 		out.Close()
 		return nil, fmt.Errorf("fdbased: %w", err)

@@ -40,23 +40,16 @@ func newVnetPath(_ context.Context, ns *netns.NS, mtu int, gw netip.Prefix, logg
 		return nil, fmt.Errorf("vnet: %w", err)
 	}
 	sw := vswitch.New(vswitch.Config{Logger: logger})
-	att, err := sw.Attach(tap, vswitch.PortConfig{Name: "tap:" + tap.Name(), Offloads: tap.Offloads()})
+	// Direct, as engine/bridge.go attaches sandbox TAPs, so this measures
+	// the path `usernet run` uses.
+	att, err := sw.Attach(tap, vswitch.PortConfig{Name: "tap:" + tap.Name(), Offloads: tap.Offloads(), Direct: true})
 	if err != nil {
 		tap.Close()
 		sw.Close()
 		return nil, fmt.Errorf("vnet: attach tap: %w", err)
 	}
-	out := nat.NewOutbound(nat.Config{Gateway: gw.Addr(), HostLoopback: true, Logger: logger})
-	g, err := stack.New(stack.Config{
-		Name:   "bench",
-		MTU:    mtu,
-		Addr:   gw,
-		MAC:    gatewayMAC,
-		Logger: logger,
-		TCP:    out,
-		UDP:    out,
-		Echo:   out,
-	})
+	cfg, out := gatewayConfig(mtu, gw, logger)
+	g, err := stack.New(cfg)
 	if err != nil {
 		out.Close()
 		sw.Close()
@@ -92,4 +85,21 @@ func (p *vnetPath) Close() error {
 	p.gw.Close()
 	p.sw.Close()
 	return nil
+}
+
+// gatewayConfig is the gateway both paths share: the same address, MAC and
+// outbound NAT, so the only difference measured is the link endpoint. The
+// caller closes the returned Outbound.
+func gatewayConfig(mtu int, gw netip.Prefix, logger *slog.Logger) (stack.Config, *nat.Outbound) {
+	out := nat.NewOutbound(nat.Config{Gateway: gw.Addr(), HostLoopback: true, Logger: logger})
+	return stack.Config{
+		Name:   "bench",
+		MTU:    mtu,
+		Addr:   gw,
+		MAC:    gatewayMAC,
+		Logger: logger,
+		TCP:    out,
+		UDP:    out,
+		Echo:   out,
+	}, out
 }
