@@ -145,6 +145,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g.ep = &endpoint{g: g, mac: tcpip.LinkAddress(g.mac[:])}
 	g.ep.mtu.Store(uint32(g.cfg.MTU))
+	g.ep.acks = newACKHolder(g.sendFrames)
 	if err := g.start(g.ep); err != nil {
 		return nil, err
 	}
@@ -431,6 +432,9 @@ func (g *Gateway) Close() {
 	}
 	g.stack.Close()
 	g.stack.Wait()
+	if g.ep != nil {
+		g.ep.acks.close()
+	}
 	if g.tap != nil {
 		g.tap.Close()
 	}

@@ -256,6 +256,23 @@ type guest struct {
 
 	// gsoIn counts GSO super-frames the guest received from the switch.
 	gsoIn atomic.Uint64
+	// pureACKsIn counts pure TCP ACKs (no payload, flags ACK only) the
+	// guest received.
+	pureACKsIn atomic.Uint64
+}
+
+// isPureACK reports whether an Ethernet frame is an IPv4 TCP segment with
+// no payload and only the ACK flag.
+func isPureACK(d []byte) bool {
+	if len(d) < header.EthernetMinimumSize || header.Ethernet(d).Type() != header.IPv4ProtocolNumber {
+		return false
+	}
+	ip := header.IPv4(d[header.EthernetMinimumSize:])
+	if !ip.IsValid(len(ip)) || ip.TransportProtocol() != header.TCPProtocolNumber {
+		return false
+	}
+	tcp := header.TCP(ip.Payload())
+	return len(tcp) >= header.TCPMinimumSize && int(tcp.DataOffset()) == len(tcp) && tcp.Flags() == header.TCPFlagAck
 }
 
 // addGuest attaches a guest stack with address addr (in gwPrefix) and a
@@ -322,6 +339,9 @@ func (n *testNet) addGuest(t *testing.T, addr netip.Addr, mac vswitch.MAC, offlo
 			for _, f := range frames[:n] {
 				if f.Hdr.IsGSO() {
 					g.gsoIn.Add(1)
+				}
+				if isPureACK(f.Data) {
+					g.pureACKsIn.Add(1)
 				}
 				pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(f.Data)})
 				ch.InjectInbound(0, pkt)

@@ -160,6 +160,9 @@ type endpoint struct {
 	// att is the switch attachment, nil while the gateway is not attached.
 	att atomic.Pointer[vswitch.Attachment]
 
+	// acks holds pure ACKs back for a moment (ackdelay.go).
+	acks *ackHolder
+
 	mu      sync.RWMutex
 	disp    gstack.NetworkDispatcher
 	onClose func()
@@ -174,7 +177,9 @@ var (
 // scatter frames over the packet's own views, holding a reference to the
 // packet until the switch is done with them, so that a TAP writes them
 // with one writev and no copy; the rest (ARP, NDP, ICMP, pure ACKs) are
-// copied, so that filter sees them whole and may rewrite them.
+// copied, so that filter sees them whole and may rewrite them. TCP
+// segments then pass the ACK holder (ackdelay.go), which may keep a pure
+// ACK back or drop one it held.
 func (e *endpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
 	list := pkts.AsSlice()
 	att := e.att.Load()
@@ -186,15 +191,25 @@ func (e *endpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error)
 	frames := batch[:0]
 	for _, pkt := range list {
 		f := scatterFromPacket(pkt)
-		if f == nil {
+		scatter := f != nil
+		if !scatter {
 			f = frameFromPacket(pkt)
 			if !e.g.filter(f) {
 				f.DecRef()
 				continue
 			}
 		}
-		frames = append(frames, f)
-		if len(frames) == cap(frames) {
+		// A scatter frame carries payload, so with nothing held the
+		// holder would pass it straight on: skip parsing it.
+		if scatter && e.acks.n.Load() == 0 {
+			frames = append(frames, f)
+		} else if seg, ok := classify(pkt); ok {
+			frames = e.acks.admit(seg, f, frames)
+		} else {
+			frames = append(frames, f)
+		}
+		// admit may add two frames.
+		if len(frames) >= cap(frames)-1 {
 			att.Input(frames)
 			frames = frames[:0]
 		}
@@ -359,13 +374,22 @@ func (g *Gateway) owns(a tcpip.Address) bool {
 // inject sends a frame built by the gateway itself (echo and DHCP
 // replies) into the switch; it takes over f's reference.
 func (g *Gateway) inject(f *vswitch.Frame) {
+	g.sendFrames([]*vswitch.Frame{f})
+}
+
+// sendFrames sends frames into the switch, taking over their references;
+// it is how frames that do not come straight from WritePackets (injected
+// replies, delayed ACKs) leave.
+func (g *Gateway) sendFrames(frames []*vswitch.Frame) {
 	att := g.ep.att.Load()
 	if att == nil {
-		g.stats.dropNotAttached.Add(1)
-		f.DecRef()
+		g.stats.dropNotAttached.Add(uint64(len(frames)))
+		for _, f := range frames {
+			f.DecRef()
+		}
 		return
 	}
-	att.Input([]*vswitch.Frame{f})
+	att.Input(frames)
 }
 
 // MTU implements gstack.LinkEndpoint: the network's MTU (IP packet size).
