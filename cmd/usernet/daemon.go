@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -89,6 +90,9 @@ func runDaemon(ctx context.Context, e *env, o *daemonOptions) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(daemonMemoryLimit)
 	}
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(daemonProcs(runtime.NumCPU()))
+	}
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -129,4 +133,19 @@ func runDaemon(ctx context.Context, e *env, o *daemonOptions) error {
 	serr := srv.Shutdown(sctx)
 	cerr := eng.Close()
 	return errors.Join(err, serr, cerr)
+}
+
+// daemonProcs is the daemon's GOMAXPROCS on a machine with cpus CPUs:
+// half of them, at least one. Every byte the daemon moves is also moved by
+// a kernel on each side, the guest's behind its TAP and the host's behind
+// a socket, and those need CPUs at the same moment. With a P per CPU, each
+// goroutine hand-off on the data path (TAP reader, netstack processor,
+// relay) wakes an idle P whose thread spins on another CPU and finds
+// nothing, since the woken goroutine runs next on the waker's P. On
+// 2 CPUs that spinning took the CPU the guest needed: one P moved
+// 8.7-10.8 Gbit/s through a published port against 5.2-6.9 with two,
+// with 40% less daemon CPU per Gbit, four streams included.
+// The user's own GOMAXPROCS wins.
+func daemonProcs(cpus int) int {
+	return max(1, cpus/2)
 }
