@@ -241,6 +241,40 @@ func (c *Client) NetworkInspect(ctx context.Context, nameOrID string) (engine.Ne
 	return out, c.getJSON(ctx, "/v1/networks/"+url.PathEscape(nameOrID), nil, &out)
 }
 
+// NetworkCreate creates a user-defined network and returns its ID.
+func (c *Client) NetworkCreate(ctx context.Context, req NetworkCreateRequest) (string, error) {
+	resp, err := c.do(ctx, c.http, http.MethodPost, "/v1/networks", nil, req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var out NetworkCreateResponse
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return "", fmt.Errorf("read response of network create: %w", err)
+	}
+	return out.ID, nil
+}
+
+// NetworkRemove removes a user-defined network by name, ID or ID prefix.
+func (c *Client) NetworkRemove(ctx context.Context, nameOrID string) error {
+	return c.doNoContent(ctx, http.MethodDelete, "/v1/networks/"+url.PathEscape(nameOrID), nil)
+}
+
+// NetworkPrune removes every user-defined network no sandbox uses and
+// returns their names.
+func (c *Client) NetworkPrune(ctx context.Context) ([]string, error) {
+	resp, err := c.do(ctx, c.http, http.MethodPost, "/v1/networks/prune", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out NetworkPruneResponse
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("read response of network prune: %w", err)
+	}
+	return out.NetworksDeleted, nil
+}
+
 // Logs returns one stream of a sandbox's output (engine.Stdout or
 // engine.Stderr, each its own request, so that they stay apart); with
 // follow it goes on until the sandbox exits. The caller closes the reader.

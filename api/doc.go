@@ -23,6 +23,9 @@
 //	POST   /execs/{id}/kill?signal=N    signal an exec'd command
 //	GET    /networks                    network ls
 //	GET    /networks/{name}             network inspect
+//	POST   /networks                    network create (NetworkCreateRequest; 201 NetworkCreateResponse)
+//	DELETE /networks/{name}             network rm (409 while sandboxes are attached)
+//	POST   /networks/prune              network prune (NetworkPruneResponse)
 //
 // Errors are {"message": "..."} with 400 (bad input), 404 (no such
 // sandbox or network), 409 (conflict: name or port in use, wrong state) or

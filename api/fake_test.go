@@ -18,20 +18,22 @@ import (
 // fakeEngine is an Engine whose answers the test sets and which records
 // what it was asked.
 type fakeEngine struct {
-	mu        sync.Mutex
-	runs      []engine.RunConfig
-	runErr    error
-	runWrite  string        // written to cfg.Stdout by Run, if set
-	exitCode  int           // Wait's answer
-	exited    chan struct{} // Wait blocks until closed (nil: at once)
-	stops     []engine.StopOptions
-	kills     []syscall.Signal
-	removed   []string
-	execs     []engine.ExecConfig
-	proc      *fakeProcess
-	logs      string      // stdout
-	errLogs   string      // stderr
-	logFollow chan string // with follow, Logs streams what arrives here until closed
+	mu         sync.Mutex
+	runs       []engine.RunConfig
+	runErr     error
+	runWrite   string        // written to cfg.Stdout by Run, if set
+	exitCode   int           // Wait's answer
+	exited     chan struct{} // Wait blocks until closed (nil: at once)
+	stops      []engine.StopOptions
+	kills      []syscall.Signal
+	removed    []string
+	execs      []engine.ExecConfig
+	proc       *fakeProcess
+	logs       string      // stdout
+	errLogs    string      // stderr
+	logFollow  chan string // with follow, Logs streams what arrives here until closed
+	netCreates []engine.NetworkCreateConfig
+	netRemoved []string
 }
 
 // notFound is what the fake says about any name but "web".
@@ -170,6 +172,33 @@ func (f *fakeEngine) NetworkInspect(name string) (engine.NetworkResource, error)
 	}
 	return f.Networks()[0], nil
 }
+
+// NetworkCreate accepts any name but "dup", which exists already.
+func (f *fakeEngine) NetworkCreate(ctx context.Context, cfg engine.NetworkCreateConfig) (string, error) {
+	if cfg.Name == "dup" {
+		return "", fmt.Errorf("%w: network with name dup already exists", engine.ErrConflict)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.netCreates = append(f.netCreates, cfg)
+	return strings.Repeat("cd", 32), nil
+}
+
+// NetworkRemove knows "mynet" (removable) and "bridge" (predefined).
+func (f *fakeEngine) NetworkRemove(name string) error {
+	switch name {
+	case "bridge":
+		return fmt.Errorf("%w: bridge is a pre-defined network and cannot be removed", engine.ErrInvalid)
+	case "mynet":
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.netRemoved = append(f.netRemoved, name)
+		return nil
+	}
+	return fmt.Errorf("%w: no such network: %s", engine.ErrNotFound, name)
+}
+
+func (f *fakeEngine) NetworkPrune() ([]string, error) { return []string{"a", "b"}, nil }
 
 // fakeProcess is an exec'd command that exits when told to.
 type fakeProcess struct {

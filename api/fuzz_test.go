@@ -68,25 +68,30 @@ func FuzzPreamble(f *testing.F) {
 }
 
 // FuzzRequestBody posts arbitrary bodies to the endpoints that decode
-// JSON and checks that each answer is a success or a well-formed error,
-// never a panic.
+// JSON (run and exec; network create when both flags are set) and checks
+// that each answer is a success or a well-formed error, never a panic.
 func FuzzRequestBody(f *testing.F) {
-	for _, s := range []string{`{"Args":["true"]}`, `{"Args":["true"],"Ports":[{"HostIP":"::1","ContainerPort":80}]}`, `{"DNS":["x"]}`, `{"Bogus":1}`, `[]`, ``} {
-		f.Add([]byte(s), false)
-		f.Add([]byte(s), true)
+	for _, s := range []string{`{"Args":["true"]}`, `{"Args":["true"],"Ports":[{"HostIP":"::1","ContainerPort":80}]}`, `{"DNS":["x"]}`, `{"Bogus":1}`, `[]`, ``,
+		`{"Name":"n","Subnet":"10.1.0.0/16","Gateway":"10.1.0.1","IPRange":"","Options":{"k":"v"}}`, `{"Subnet":"10.1.0.0/33"}`} {
+		f.Add([]byte(s), false, false)
+		f.Add([]byte(s), true, false)
+		f.Add([]byte(s), true, true)
 	}
 	proc := &fakeProcess{exit: make(chan struct{})}
 	close(proc.exit)
 	h := NewServer(&fakeEngine{proc: proc}, nil).Handler()
-	f.Fuzz(func(t *testing.T, body []byte, exec bool) {
+	f.Fuzz(func(t *testing.T, body []byte, exec, network bool) {
 		path := "/v1/sandboxes"
-		if exec {
+		switch {
+		case exec && network:
+			path = "/v1/networks"
+		case exec:
 			path = "/v1/sandboxes/web/exec"
 		}
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body)))
 		switch rec.Code {
-		case http.StatusOK:
+		case http.StatusOK, http.StatusCreated:
 		case http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusInternalServerError:
 			var e ErrorResponse
 			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Message == "" {

@@ -36,6 +36,9 @@ type Engine interface {
 	Port(nameOrID string) ([]engine.PortMapping, error)
 	Networks() []engine.NetworkResource
 	NetworkInspect(nameOrID string) (engine.NetworkResource, error)
+	NetworkCreate(ctx context.Context, cfg engine.NetworkCreateConfig) (id string, err error)
+	NetworkRemove(nameOrID string) error
+	NetworkPrune() ([]string, error)
 }
 
 // Process is a command started by Engine.Exec (*engine.Process).
@@ -134,6 +137,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/execs/{id}/kill", s.execKill)
 	mux.HandleFunc("GET /v1/networks", s.networks)
 	mux.HandleFunc("GET /v1/networks/{name}", s.networkInspect)
+	mux.HandleFunc("POST /v1/networks", s.networkCreate)
+	mux.HandleFunc("DELETE /v1/networks/{name}", s.networkRemove)
+	mux.HandleFunc("POST /v1/networks/prune", s.networkPrune)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -313,6 +319,43 @@ func (s *Server) networkInspect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, n)
+}
+
+func (s *Server) networkCreate(w http.ResponseWriter, r *http.Request) {
+	var req NetworkCreateRequest
+	if err := decode(r, &req); err != nil {
+		s.fail(w, err)
+		return
+	}
+	id, err := s.eng.NetworkCreate(r.Context(), req.config())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.log.Debug("network created", "name", req.Name, "id", id)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	json.NewEncoder(w).Encode(NetworkCreateResponse{ID: id})
+}
+
+func (s *Server) networkRemove(w http.ResponseWriter, r *http.Request) {
+	if err := s.eng.NetworkRemove(r.PathValue("name")); err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) networkPrune(w http.ResponseWriter, r *http.Request) {
+	names, err := s.eng.NetworkPrune()
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	if names == nil {
+		names = []string{}
+	}
+	writeJSON(w, NetworkPruneResponse{NetworksDeleted: names})
 }
 
 func (s *Server) logs(w http.ResponseWriter, r *http.Request) {

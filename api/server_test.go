@@ -421,3 +421,54 @@ func TestWait(t *testing.T) {
 		t.Errorf("Wait(nosuch) = %v, want ErrNotFound", err)
 	}
 }
+
+func TestNetworkCreateRemovePrune(t *testing.T) {
+	eng := &fakeEngine{}
+	c := serve(t, eng)
+	ctx := context.Background()
+	req := NetworkCreateRequest{
+		Name: "mynet", Driver: "bridge",
+		Subnet:   netip.MustParsePrefix("10.5.0.0/16"),
+		Gateway:  netip.MustParseAddr("10.5.0.254"),
+		IPRange:  netip.MustParsePrefix("10.5.1.0/24"),
+		Internal: true,
+		Options:  map[string]string{engine.OptionMTU: "65520"},
+		Labels:   map[string]string{"team": "net"},
+	}
+	id, err := c.NetworkCreate(ctx, req)
+	if err != nil || id != strings.Repeat("cd", 32) {
+		t.Fatalf("NetworkCreate = %q, %v", id, err)
+	}
+	// A request without addresses carries zero values, not parse errors.
+	if _, err := c.NetworkCreate(ctx, NetworkCreateRequest{Name: "plain"}); err != nil {
+		t.Fatalf("NetworkCreate(plain) = %v", err)
+	}
+	want := []engine.NetworkCreateConfig{req.config(), {Name: "plain"}}
+	if diff := cmp.Diff(want, eng.netCreates, cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{})); diff != "" {
+		t.Errorf("engine got (-want +got):\n%s", diff)
+	}
+	if _, err := c.NetworkCreate(ctx, NetworkCreateRequest{Name: "dup"}); !errors.Is(err, engine.ErrConflict) || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("NetworkCreate(dup) = %v, want a conflict saying it exists", err)
+	}
+
+	tests := []struct {
+		name    string
+		wantErr error
+	}{
+		{"mynet", nil},
+		{"bridge", engine.ErrInvalid},
+		{"nosuch", engine.ErrNotFound},
+	}
+	for _, tc := range tests {
+		if err := c.NetworkRemove(ctx, tc.name); !errors.Is(err, tc.wantErr) || (err == nil) != (tc.wantErr == nil) {
+			t.Errorf("NetworkRemove(%s) = %v, want %v", tc.name, err, tc.wantErr)
+		}
+	}
+	if diff := cmp.Diff([]string{"mynet"}, eng.netRemoved); diff != "" {
+		t.Errorf("removed (-want +got):\n%s", diff)
+	}
+	names, err := c.NetworkPrune(ctx)
+	if err != nil || !cmp.Equal(names, []string{"a", "b"}) {
+		t.Errorf("NetworkPrune = %v, %v; want [a b]", names, err)
+	}
+}

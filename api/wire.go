@@ -43,6 +43,40 @@ func (r *RunRequest) config() engine.RunConfig {
 	}
 }
 
+// NetworkCreateRequest is the body of POST /v1/networks: `usernet network
+// create`'s flags, with Docker's meanings (engine.NetworkCreateConfig).
+// Zero addresses mean "not given".
+type NetworkCreateRequest struct {
+	Name     string            `json:",omitempty"`
+	Driver   string            `json:",omitempty"`
+	Subnet   netip.Prefix      `json:",omitzero"`
+	Gateway  netip.Addr        `json:",omitzero"`
+	IPRange  netip.Prefix      `json:",omitzero"`
+	Internal bool              `json:",omitempty"`
+	Options  map[string]string `json:",omitempty"`
+	Labels   map[string]string `json:",omitempty"`
+}
+
+// config converts r into the engine's form.
+func (r *NetworkCreateRequest) config() engine.NetworkCreateConfig {
+	return engine.NetworkCreateConfig{
+		Name: r.Name, Driver: r.Driver, Subnet: r.Subnet, Gateway: r.Gateway, IPRange: r.IPRange,
+		Internal: r.Internal, Options: r.Options, Labels: r.Labels,
+	}
+}
+
+// NetworkCreateResponse is the answer to POST /v1/networks (201), as
+// Docker's: the new network's ID.
+type NetworkCreateResponse struct {
+	ID string `json:"Id"`
+}
+
+// NetworkPruneResponse is the answer to POST /v1/networks/prune: the names
+// of the networks removed, as Docker's NetworksDeleted.
+type NetworkPruneResponse struct {
+	NetworksDeleted []string
+}
+
 // RunResponse is the first object of a run response.
 type RunResponse struct {
 	ID       string   `json:"Id"`

@@ -15,53 +15,63 @@ import (
 // netBridge is a bridge network's data path: a switch, the gateway stack
 // attached to it as a port, outbound NAT behind the gateway's forwarders,
 // and the published-port listeners that dial into the network through the
-// gateway.
+// gateway. An internal network has neither NAT nor listeners (out and
+// fwd are nil): its gateway answers ARP and pings to itself, refuses TCP
+// (RST) and drops everything else, so nothing leaves the network and
+// nothing reaches in.
 type netBridge struct {
 	log *slog.Logger
 	sw  *vswitch.Switch
 	gw  *stack.Gateway
-	out *nat.Outbound
-	fwd *nat.Forwards
+	out *nat.Outbound // nil for an internal network
+	fwd *nat.Forwards // nil for an internal network
 }
 
 // newNetBridge builds and connects a bridge network's data path.
 func newNetBridge(s bridgeSpec) (bridge, error) {
-	sw := vswitch.New(vswitch.Config{Clock: s.Clock, Logger: s.Logger})
-	out := nat.NewOutbound(nat.Config{
-		Gateway:      s.Gateway.Addr(),
-		HostLoopback: s.HostLoopback,
-		Logger:       s.Logger,
-		Clock:        s.Clock,
-	})
-	gw, err := stack.New(stack.Config{
+	sw := vswitch.New(vswitch.Config{Clock: s.Clock, Logger: s.Logger, DisableICC: s.DisableICC})
+	cfg := stack.Config{
 		Name:   s.Name,
 		MTU:    s.MTU,
 		Addr:   s.Gateway,
 		MAC:    vswitch.MAC(s.MAC),
 		Logger: s.Logger,
-		TCP:    out,
-		UDP:    out,
-		Echo:   out,
 		Clock:  s.Clock,
-	})
+	}
+	var out *nat.Outbound
+	if !s.Internal {
+		out = nat.NewOutbound(nat.Config{
+			Gateway:      s.Gateway.Addr(),
+			HostLoopback: s.HostLoopback,
+			Logger:       s.Logger,
+			Clock:        s.Clock,
+		})
+		// Assigned only when set: a nil *nat.Outbound in the interface
+		// fields would not read as "no handler".
+		cfg.TCP, cfg.UDP, cfg.Echo = out, out, out
+	}
+	closeOut := func() {
+		if out != nil {
+			out.Close()
+		}
+	}
+	gw, err := stack.New(cfg)
 	if err != nil {
-		out.Close()
+		closeOut()
 		sw.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if _, err := gw.Attach(sw); err != nil {
 		gw.Close()
-		out.Close()
+		closeOut()
 		sw.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	return &netBridge{
-		log: s.Logger,
-		sw:  sw,
-		gw:  gw,
-		out: out,
-		fwd: nat.NewForwards(gw, s.Gateway.Addr(), s.Logger),
-	}, nil
+	b := &netBridge{log: s.Logger, sw: sw, gw: gw, out: out}
+	if !s.Internal {
+		b.fwd = nat.NewForwards(gw, s.Gateway.Addr(), s.Logger)
+	}
+	return b, nil
 }
 
 // Attach implements bridge.
@@ -87,8 +97,15 @@ func (b *netBridge) Attach(name string, tap *os.File, mac [6]byte, ip netip.Addr
 	return att.Detach, nil
 }
 
+// errInternal refuses published ports on an internal network; Run
+// discards them before it gets here.
+var errInternal = errors.New("an internal network has no published ports")
+
 // Publish implements bridge.
 func (b *netBridge) Publish(m PortMapping, target netip.AddrPort) (PortMapping, error) {
+	if b.fwd == nil {
+		return PortMapping{}, withKind(ErrInvalid, errInternal)
+	}
 	got, err := b.fwd.Add(nat.Mapping{Proto: m.Proto, HostIP: m.HostIP, HostPort: m.HostPort, Target: target})
 	if errors.Is(err, nat.ErrPortInUse) {
 		return PortMapping{}, withKind(ErrConflict, err)
@@ -102,17 +119,30 @@ func (b *netBridge) Publish(m PortMapping, target netip.AddrPort) (PortMapping, 
 
 // Unpublish implements bridge.
 func (b *netBridge) Unpublish(m PortMapping, target netip.AddrPort) error {
+	if b.fwd == nil {
+		return errInternal
+	}
 	return b.fwd.Remove(nat.Mapping{Proto: m.Proto, HostIP: m.HostIP, HostPort: m.HostPort, Target: target})
 }
 
-// EchoMode implements bridge.
-func (b *netBridge) EchoMode() string { return b.out.EchoMode() }
+// EchoMode implements bridge: "none" on an internal network, whose
+// gateway answers pings to itself only.
+func (b *netBridge) EchoMode() string {
+	if b.out == nil {
+		return "none"
+	}
+	return b.out.EchoMode()
+}
 
 // Close implements bridge: inbound listeners first, then the gateway
 // (which detaches from the switch), the NAT's host sockets, the switch.
 func (b *netBridge) Close() {
-	b.fwd.Close()
+	if b.fwd != nil {
+		b.fwd.Close()
+	}
 	b.gw.Close()
-	b.out.Close()
+	if b.out != nil {
+		b.out.Close()
+	}
 	b.sw.Close()
 }

@@ -92,8 +92,13 @@ type bridgeSpec struct {
 	MAC          [6]byte      // the gateway's MAC
 	MTU          int
 	HostLoopback bool
-	Logger       *slog.Logger
-	Clock        func() time.Time
+	// Internal: no NAT (the gateway refuses TCP, drops UDP and pings to
+	// anything but itself) and no published ports.
+	Internal bool
+	// DisableICC: sandboxes' frames reach only the gateway.
+	DisableICC bool
+	Logger     *slog.Logger
+	Clock      func() time.Time
 }
 
 // bridge is the data path of one bridge network: a switch, its netstack

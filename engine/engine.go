@@ -100,11 +100,12 @@ type Engine struct {
 	// the bbolt transaction that records a change, never while a sandbox
 	// starts or while calling into the switch, gateway or NAT.
 	mu         sync.Mutex
-	networks   map[string]*network   // by network ID
-	containers map[string]*container // by sandbox ID, including Runs in progress
-	names      map[string]string     // sandbox name -> ID, including Runs in progress
-	tombs      tombstones            // exit codes of recently auto-removed sandboxes
-	closing    bool                  // Close has begun: no new sandboxes, no more state writes
+	networks   map[string]*network       // by network ID
+	pending    map[string]pendingNetwork // NetworkCreates in flight, by the ID they will have
+	containers map[string]*container     // by sandbox ID, including Runs in progress
+	names      map[string]string         // sandbox name -> ID, including Runs in progress
+	tombs      tombstones                // exit codes of recently auto-removed sandboxes
+	closing    bool                      // Close has begun: no new sandboxes, no more state writes
 }
 
 // New opens (or creates) the state in cfg.StateDir, restores networks and
@@ -379,6 +380,28 @@ func (e *Engine) Port(nameOrID string) ([]PortMapping, error) { return e.port(na
 
 // Networks returns every network, sorted by name (`docker network ls`).
 func (e *Engine) Networks() []NetworkResource { return e.networkList() }
+
+// NetworkCreate creates a user-defined bridge network, brings its data path
+// up (switch, gateway, and NAT unless cfg.Internal) and records it, and
+// returns its 64-hex-digit ID. The network persists across daemon restarts.
+// Bad input is an ErrInvalid error, a name or subnet clashing with another
+// network's an ErrConflict error; on any failure nothing is left behind.
+func (e *Engine) NetworkCreate(ctx context.Context, cfg NetworkCreateConfig) (id string, err error) {
+	return e.networkCreate(ctx, cfg)
+}
+
+// NetworkRemove removes the user-defined network with that name, ID or
+// unique ID prefix and tears its data path down. A network with a sandbox
+// attached (or starting) is an ErrConflict error naming the sandboxes, a
+// predefined one (bridge, host, none) an ErrInvalid error. Records of
+// exited sandboxes that ran on it are kept, as Docker keeps containers
+// whose network was removed.
+func (e *Engine) NetworkRemove(nameOrID string) error { return e.networkRemove(nameOrID) }
+
+// NetworkPrune removes every user-defined network no sandbox is attached
+// to, in one transaction, and returns their names, sorted (empty, not nil,
+// when there were none).
+func (e *Engine) NetworkPrune() ([]string, error) { return e.networkPrune() }
 
 // NetworkInspect returns the `docker network inspect` view of the network
 // with that name, ID or unique ID prefix.

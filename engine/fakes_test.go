@@ -275,6 +275,19 @@ func (b *fakeBridge) Close() {
 	b.mu.Unlock()
 }
 
+func (b *fakeBridge) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+// bridgeOf returns the data path last made for the network name.
+func (env *testEnv) bridgeOf(name string) *fakeBridge {
+	env.mu.Lock()
+	defer env.mu.Unlock()
+	return env.bridges[name]
+}
+
 func (b *fakeBridge) counts() (attached, published int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -288,7 +301,13 @@ type testEnv struct {
 	dir      string
 	clock    *fakeClock
 	launcher *fakeLauncher
-	bridge   *fakeBridge
+	bridge   *fakeBridge // the default bridge network's
+
+	// bridges are the data paths of the current engine by network name,
+	// including ones closed since; failBridge, when set, fails newBridge.
+	mu         sync.Mutex
+	bridges    map[string]*fakeBridge
+	failBridge error
 }
 
 var testStart = time.Date(2026, 11, 22, 16, 0, 0, 0, time.UTC)
@@ -312,7 +331,7 @@ func (env *testEnv) open() {
 	if err := os.WriteFile(resolv, []byte("nameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch example.test\n"), 0o644); err != nil {
 		env.t.Fatal(err)
 	}
-	env.bridge = newFakeBridge()
+	env.bridges = make(map[string]*fakeBridge)
 	e, err := newEngine(context.Background(), Config{
 		StateDir:       filepath.Join(env.dir, "state"),
 		Clock:          env.clock.Now,
@@ -320,8 +339,15 @@ func (env *testEnv) open() {
 	}, deps{
 		launcher: env.launcher,
 		newBridge: func(s bridgeSpec) (bridge, error) {
-			env.bridge.spec = s
-			return env.bridge, nil
+			env.mu.Lock()
+			defer env.mu.Unlock()
+			if env.failBridge != nil {
+				return nil, env.failBridge
+			}
+			b := newFakeBridge()
+			b.spec = s
+			env.bridges[s.Name] = b
+			return b, nil
 		},
 		readFile: os.ReadFile,
 		hostname: func() (string, error) { return "testhost", nil },
@@ -330,6 +356,7 @@ func (env *testEnv) open() {
 		env.t.Fatalf("newEngine: %v", err)
 	}
 	env.e = e
+	env.bridge = env.bridges["bridge"]
 	env.t.Cleanup(func() { e.Close() })
 }
 

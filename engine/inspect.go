@@ -88,8 +88,8 @@ type ContainerConfig struct {
 
 // NetworkSettings is the NetworkSettings object of ContainerJSON. The
 // top-level address fields repeat the default bridge network's endpoint,
-// as Docker does; they are empty for host and none and once the sandbox
-// has exited.
+// as Docker does; they are empty for host, none and user-defined networks
+// (whose endpoint is in Networks only) and once the sandbox has exited.
 type NetworkSettings struct {
 	Bridge                 string                       `json:"Bridge"`
 	SandboxID              string                       `json:"SandboxID"`
@@ -166,6 +166,7 @@ type IPAM struct {
 // IPAMConfig is one address pool of a network.
 type IPAMConfig struct {
 	Subnet  string `json:"Subnet,omitempty"`
+	IPRange string `json:"IPRange,omitempty"`
 	Gateway string `json:"Gateway,omitempty"`
 }
 

@@ -5,9 +5,9 @@ import (
 	"net/netip"
 )
 
-// ipam hands out the host addresses of one IPv4 subnet to endpoints. The
-// network address, the broadcast address and the gateway are never handed
-// out. Allocation takes the lowest free address, so that, as with Docker's
+// ipam hands out the host addresses of one IPv4 subnet (or of a narrower
+// range inside it, Docker's --ip-range) to endpoints. The subnet's network
+// and broadcast addresses and the gateway are never handed out. Allocation takes the lowest free address, so that, as with Docker's
 // default bridge, the first sandbox gets .2 and an address freed by a
 // removed sandbox is the next one handed out.
 //
@@ -25,10 +25,12 @@ type ipam struct {
 // errExhausted reports that a subnet has no free address left.
 var errExhausted = errors.New("no free address")
 
-// newIPAM returns an allocator for subnet whose gateway is gateway. The
-// subnet must be IPv4 with room for at least one address besides the
-// network, broadcast and gateway addresses (a /30 or larger).
-func newIPAM(subnet netip.Prefix, gateway netip.Addr) (*ipam, error) {
+// newIPAM returns an allocator for subnet whose gateway is gateway,
+// handing out addresses of ipRange only when ipRange is valid (it must lie
+// inside subnet). The subnet must be IPv4 with room for at least one
+// address besides the network, broadcast and gateway addresses (a /30 or
+// larger).
+func newIPAM(subnet netip.Prefix, gateway netip.Addr, ipRange netip.Prefix) (*ipam, error) {
 	if !subnet.IsValid() || !subnet.Addr().Is4() {
 		return nil, errorf(ErrInvalid, "subnet %v: only IPv4 subnets are supported", subnet)
 	}
@@ -41,13 +43,41 @@ func newIPAM(subnet netip.Prefix, gateway netip.Addr) (*ipam, error) {
 	if !gateway.Is4() || !subnet.Contains(gateway) || gateway == network || gateway == broadcast {
 		return nil, errorf(ErrInvalid, "gateway %v: must be a host address inside %v", gateway, subnet)
 	}
-	return &ipam{
+	m := &ipam{
 		subnet:  subnet,
 		gateway: gateway,
 		first:   network.Next(),
 		last:    broadcast.Prev(),
 		used:    make(map[netip.Addr]string),
-	}, nil
+	}
+	if ipRange.IsValid() {
+		ipRange = ipRange.Masked()
+		if !ipRange.Addr().Is4() || ipRange.Bits() < subnet.Bits() || !subnet.Contains(ipRange.Addr()) {
+			return nil, errorf(ErrInvalid, "ip range %v: not inside subnet %v", ipRange, subnet)
+		}
+		// Docker hands out every address of the range that is a host
+		// address of the subnet (a range's own first address included).
+		m.first = maxAddr(m.first, ipRange.Addr())
+		m.last = minAddr(m.last, lastAddr(ipRange))
+		if m.first == m.last && m.first == gateway || m.first.Compare(m.last) > 0 {
+			return nil, errorf(ErrInvalid, "ip range %v has no address to hand out besides the gateway: give a larger range", ipRange)
+		}
+	}
+	return m, nil
+}
+
+func maxAddr(a, b netip.Addr) netip.Addr {
+	if a.Compare(b) >= 0 {
+		return a
+	}
+	return b
+}
+
+func minAddr(a, b netip.Addr) netip.Addr {
+	if a.Compare(b) <= 0 {
+		return a
+	}
+	return b
 }
 
 // lastAddr returns the highest address of p (its broadcast address).
@@ -81,7 +111,7 @@ func (m *ipam) Allocate(owner string) (netip.Addr, error) {
 func (m *ipam) Reserve(a netip.Addr, owner string) error {
 	switch {
 	case !m.subnet.Contains(a) || a.Compare(m.first) < 0 || a.Compare(m.last) > 0:
-		return errorf(ErrInvalid, "address %v: not a host address of %v", a, m.subnet)
+		return errorf(ErrInvalid, "address %v: not an assignable address of %v", a, m.subnet)
 	case a == m.gateway:
 		return errorf(ErrConflict, "address %v: it is the gateway of %v", a, m.subnet)
 	}

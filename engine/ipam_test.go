@@ -31,7 +31,7 @@ func TestIPAMAllocate(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := newIPAM(netip.MustParsePrefix(tc.subnet), netip.MustParseAddr(tc.gateway))
+			m, err := newIPAM(netip.MustParsePrefix(tc.subnet), netip.MustParseAddr(tc.gateway), netip.Prefix{})
 			if err != nil {
 				t.Fatalf("newIPAM: %v", err)
 			}
@@ -58,7 +58,7 @@ func TestIPAMAllocate(t *testing.T) {
 }
 
 func TestIPAMReleaseReuse(t *testing.T) {
-	m, err := newIPAM(netip.MustParsePrefix("172.17.0.0/16"), netip.MustParseAddr("172.17.0.1"))
+	m, err := newIPAM(netip.MustParsePrefix("172.17.0.0/16"), netip.MustParseAddr("172.17.0.1"), netip.Prefix{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestIPAMReleaseReuse(t *testing.T) {
 
 func TestIPAMExhaustion(t *testing.T) {
 	// A /29 has 8 addresses: network .0, broadcast .7, gateway .1, so 5 to hand out.
-	m, err := newIPAM(netip.MustParsePrefix("10.9.0.0/29"), netip.MustParseAddr("10.9.0.1"))
+	m, err := newIPAM(netip.MustParsePrefix("10.9.0.0/29"), netip.MustParseAddr("10.9.0.1"), netip.Prefix{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestIPAMReserve(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := newIPAM(netip.MustParsePrefix("172.17.0.0/16"), netip.MustParseAddr("172.17.0.1"))
+			m, err := newIPAM(netip.MustParsePrefix("172.17.0.0/16"), netip.MustParseAddr("172.17.0.1"), netip.Prefix{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -158,9 +158,59 @@ func TestNewIPAMErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := newIPAM(netip.MustParsePrefix(tc.subnet), netip.MustParseAddr(tc.gateway))
+			_, err := newIPAM(netip.MustParsePrefix(tc.subnet), netip.MustParseAddr(tc.gateway), netip.Prefix{})
 			if !errors.Is(err, ErrInvalid) {
 				t.Errorf("newIPAM(%s, %s) = %v, want ErrInvalid", tc.subnet, tc.gateway, err)
+			}
+		})
+	}
+}
+
+// TestIPAMRange: with an ip range only its addresses are handed out,
+// lowest first, skipping the gateway and the subnet's own network and
+// broadcast addresses.
+func TestIPAMRange(t *testing.T) {
+	tests := []struct {
+		name, subnet, gateway, ipRange string
+		want                           []string // every address handed out, in order
+		wantErr                        bool
+	}{
+		{name: "middle of the subnet", subnet: "10.0.0.0/16", gateway: "10.0.0.1", ipRange: "10.0.5.0/30",
+			want: []string{"10.0.5.0", "10.0.5.1", "10.0.5.2", "10.0.5.3"}},
+		{name: "range at the subnet's start", subnet: "10.0.0.0/24", gateway: "10.0.0.1", ipRange: "10.0.0.0/29",
+			want: []string{"10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.7"}},
+		{name: "range at the subnet's end", subnet: "10.0.0.0/24", gateway: "10.0.0.1", ipRange: "10.0.0.252/30",
+			want: []string{"10.0.0.252", "10.0.0.253", "10.0.0.254"}},
+		{name: "gateway inside the range", subnet: "10.0.0.0/24", gateway: "10.0.0.9", ipRange: "10.0.0.8/30",
+			want: []string{"10.0.0.8", "10.0.0.10", "10.0.0.11"}},
+		{name: "whole subnet", subnet: "10.0.0.0/29", gateway: "10.0.0.1", ipRange: "10.0.0.0/29",
+			want: []string{"10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"}},
+		{name: "only the gateway", subnet: "10.0.0.0/24", gateway: "10.0.0.9", ipRange: "10.0.0.9/32", wantErr: true},
+		{name: "outside", subnet: "10.0.0.0/24", gateway: "10.0.0.1", ipRange: "10.0.1.0/28", wantErr: true},
+		{name: "wider than the subnet", subnet: "10.0.0.0/24", gateway: "10.0.0.1", ipRange: "10.0.0.0/23", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := newIPAM(netip.MustParsePrefix(tc.subnet), netip.MustParseAddr(tc.gateway), netip.MustParsePrefix(tc.ipRange))
+			if tc.wantErr {
+				if !errors.Is(err, ErrInvalid) {
+					t.Errorf("newIPAM = %v, want ErrInvalid", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for {
+				a, err := m.Allocate("x")
+				if err != nil {
+					break
+				}
+				got = append(got, a.String())
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("addresses handed out (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -34,6 +34,10 @@ const hostModeWarning = "Published ports are discarded when using host network m
 // has nowhere to go either.
 const noneModeWarning = "Published ports are discarded when using none network mode"
 
+// internalWarning is the same warning for an internal network, which
+// nothing outside it reaches (Docker publishes nothing there either).
+const internalWarning = "Published ports are discarded on internal network %s"
+
 // plan is a validated RunConfig.
 type plan struct {
 	name    string // "" = pick a random one
@@ -98,21 +102,16 @@ func (e *Engine) makePlan(cfg RunConfig) (plan, []string, error) {
 	if netKey == "" || netKey == "default" {
 		netKey = "bridge"
 	}
-	var ids []string
-	names := make(map[string]string)
-	for id, n := range e.networks {
-		ids = append(ids, id)
-		names[n.rec.Name] = id
-	}
-	netID, err := resolve("network", netKey, ids, names)
+	net, err := e.resolveNetworkLocked(netKey)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			return plan{}, nil, errorf(ErrNotFound, "network %s not found: use bridge, host or none (user-defined networks are not supported yet)", cfg.Network)
+			return plan{}, nil, errorf(ErrNotFound, "network %s not found: create it (network create %s) or use bridge, host, none or one that network ls lists", cfg.Network, cfg.Network)
 		}
 		return plan{}, nil, err
 	}
-	p.spec.NetworkID = netID
-	switch e.networks[netID].rec.Driver {
+	p.spec.NetworkID = net.rec.ID
+	p.spec.NetworkName = net.rec.Name
+	switch net.rec.Driver {
 	case "host":
 		p.spec.Network = modeHost
 	case "null":
@@ -156,11 +155,14 @@ func (e *Engine) makePlan(cfg RunConfig) (plan, []string, error) {
 			}
 		}
 	}
-	if len(p.publish) > 0 && p.spec.Network != modeBridge {
-		if p.spec.Network == modeHost {
+	if len(p.publish) > 0 && (p.spec.Network != modeBridge || net.rec.Internal) {
+		switch {
+		case p.spec.Network == modeHost:
 			warnings = append(warnings, hostModeWarning)
-		} else {
+		case p.spec.Network == modeNone:
 			warnings = append(warnings, noneModeWarning)
+		default:
+			warnings = append(warnings, fmt.Sprintf(internalWarning, net.rec.Name))
 		}
 		p.publish = nil
 	}

@@ -114,6 +114,7 @@ func newEngine(ctx context.Context, cfg Config, d deps) (*Engine, error) {
 		deps:       d,
 		store:      st,
 		networks:   make(map[string]*network),
+		pending:    make(map[string]pendingNetwork),
 		containers: make(map[string]*container),
 		names:      make(map[string]string),
 	}
@@ -151,7 +152,7 @@ func defaultNetworks(now time.Time) []networkRecord {
 }
 
 // restore loads the database, creates the default networks on first use,
-// brings up the bridges' data paths, and settles sandboxes left running by
+// brings up the bridges' data paths (user-defined networks' too), and settles sandboxes left running by
 // a previous daemon: their agents died with it, so they are marked exited
 // and their addresses released, all in one transaction.
 func (e *Engine) restore(ctx context.Context) error {
@@ -176,25 +177,9 @@ func (e *Engine) restore(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n := &network{rec: r}
-		if r.Driver == "bridge" {
-			if n.ipam, err = newIPAM(r.Subnet, r.Gateway); err != nil {
-				return fmt.Errorf("network %s: %w", r.Name, err)
-			}
-			n.br, err = e.deps.newBridge(bridgeSpec{
-				Name:         r.Name,
-				Gateway:      netip.PrefixFrom(r.Gateway, r.Subnet.Bits()),
-				MAC:          macFor(r.Gateway),
-				MTU:          r.MTU,
-				HostLoopback: !e.cfg.DisableHostLoopback,
-				Logger:       e.log.With("network", r.Name),
-				Clock:        e.now,
-			})
-			if err != nil {
-				return fmt.Errorf("network %s: %w", r.Name, err)
-			}
-			e.log.Info("network up", "network", r.Name, "subnet", r.Subnet, "gateway", r.Gateway,
-				"mtu", r.MTU, "icmp_echo", n.br.EchoMode(), "host_loopback", !e.cfg.DisableHostLoopback)
+		n, err := e.bringUp(r)
+		if err != nil {
+			return fmt.Errorf("network %s: %w", r.Name, err)
 		}
 		e.networks[r.ID] = n
 	}

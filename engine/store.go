@@ -27,7 +27,9 @@ var (
 	bucketIPAM      = []byte("ipam")
 )
 
-// networkRecord is a network's persisted configuration.
+// networkRecord is a network's persisted configuration. Fields added
+// after the first release have zero values that keep the old meaning, so
+// records written by an older daemon load unchanged.
 type networkRecord struct {
 	ID      string
 	Name    string
@@ -35,8 +37,16 @@ type networkRecord struct {
 	Created time.Time
 	Subnet  netip.Prefix // invalid for host and none
 	Gateway netip.Addr
+	IPRange netip.Prefix // invalid: the whole subnet
 	MTU     int
+	// Internal networks have no NAT and no published ports.
+	Internal bool
+	// DisableICC: sandboxes reach only the gateway, not each other.
+	DisableICC bool
+	// Options are shown by inspect: the -o options as given (normalized)
+	// for user-defined networks, Docker's defaults for the default bridge.
 	Options map[string]string
+	Labels  map[string]string
 }
 
 // runSpec is a sandbox's persisted configuration: its RunConfig without
@@ -50,6 +60,10 @@ type runSpec struct {
 	AutoRemove  bool
 	Network     netMode
 	NetworkID   string
+	// NetworkName is the network's name when the sandbox was created
+	// (HostConfig.NetworkMode, as Docker shows it); "" in records of an
+	// older daemon, which ran on bridge, host or none only.
+	NetworkName string
 	Ports       []PortBinding
 	PublishAll  bool
 	Exposed     []PortProto // every exposed port: --expose and -p container ports
@@ -199,6 +213,17 @@ type txn struct{ tx *bolt.Tx }
 
 func (t txn) putNetwork(r networkRecord) error {
 	return putJSON(t.tx.Bucket(bucketNetworks), r.ID, r)
+}
+
+// deleteNetwork forgets a network and its address allocations.
+func (t txn) deleteNetwork(id string) error {
+	if err := t.tx.Bucket(bucketNetworks).Delete([]byte(id)); err != nil {
+		return err
+	}
+	if t.tx.Bucket(bucketIPAM).Bucket([]byte(id)) == nil {
+		return nil
+	}
+	return t.tx.Bucket(bucketIPAM).DeleteBucket([]byte(id))
 }
 
 func (t txn) putContainer(r containerRecord) error {

@@ -3,6 +3,7 @@ package engine
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -33,7 +34,7 @@ func (e *Engine) list(all bool) []ContainerSummary {
 			State:      r.State.Status,
 			Status:     statusText(r.State, now),
 			Ports:      portsText(r),
-			Networks:   []string{string(r.Spec.Network)},
+			Networks:   []string{networkMode(r.Spec)},
 		}
 		out = append(out, s)
 	}
@@ -166,6 +167,15 @@ func portsText(r *containerRecord) string {
 	return strings.Join(append(done, renumbered...), ", ")
 }
 
+// networkMode is the name of the network s runs on, as Docker's
+// HostConfig.NetworkMode: bridge, host, none or a user-defined network's.
+func networkMode(s runSpec) string {
+	if s.NetworkName != "" {
+		return s.NetworkName
+	}
+	return string(s.Network)
+}
+
 func comparePortMapping(a, b PortMapping) int {
 	return cmp.Or(
 		cmp.Compare(a.ContainerPort, b.ContainerPort),
@@ -208,7 +218,7 @@ func containerJSON(r *containerRecord, n *network) ContainerJSON {
 		LogPath:        r.LogPath,
 		Name:           "/" + r.Name,
 		HostConfig: HostConfig{
-			NetworkMode:     string(s.Network),
+			NetworkMode:     networkMode(s),
 			PortBindings:    PortMap{},
 			AutoRemove:      s.AutoRemove,
 			PublishAllPorts: s.PublishAll,
@@ -296,11 +306,16 @@ func containerJSON(r *containerRecord, n *network) ContainerJSON {
 		es.IPAddress = ep.Addr.String()
 		es.IPPrefixLen = bits
 		es.MacAddress = ep.MAC
-		ns.EndpointID = ep.ID
-		ns.Gateway = es.Gateway
-		ns.IPAddress = es.IPAddress
-		ns.IPPrefixLen = bits
-		ns.MacAddress = ep.MAC
+		// Docker fills the deprecated top-level fields for the default
+		// bridge only; scripts read a user-defined network's endpoint
+		// from Networks[name].
+		if isPredefined(n.rec) {
+			ns.EndpointID = ep.ID
+			ns.Gateway = es.Gateway
+			ns.IPAddress = es.IPAddress
+			ns.IPPrefixLen = bits
+			ns.MacAddress = ep.MAC
+		}
 	}
 	return j
 }
@@ -334,17 +349,11 @@ func (e *Engine) networkList() []NetworkResource {
 func (e *Engine) networkInspect(nameOrID string) (NetworkResource, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var ids []string
-	names := make(map[string]string)
-	for id, n := range e.networks {
-		ids = append(ids, id)
-		names[n.rec.Name] = id
-	}
-	id, err := resolve("network", nameOrID, ids, names)
+	n, err := e.resolveNetworkLocked(nameOrID)
 	if err != nil {
 		return NetworkResource{}, err
 	}
-	return e.networkJSONLocked(e.networks[id]), nil
+	return e.networkJSONLocked(n), nil
 }
 
 // networkJSONLocked builds the `docker network inspect` view of n, with
@@ -363,11 +372,15 @@ func (e *Engine) networkJSONLocked(n *network) NetworkResource {
 		Labels:     map[string]string{},
 	}
 	if r.Subnet.IsValid() {
-		j.IPAM.Config = append(j.IPAM.Config, IPAMConfig{Subnet: r.Subnet.String(), Gateway: r.Gateway.String()})
+		c := IPAMConfig{Subnet: r.Subnet.String(), Gateway: r.Gateway.String()}
+		if r.IPRange.IsValid() {
+			c.IPRange = r.IPRange.String()
+		}
+		j.IPAM.Config = append(j.IPAM.Config, c)
 	}
-	for k, v := range r.Options {
-		j.Options[k] = v
-	}
+	j.Internal = r.Internal
+	maps.Copy(j.Options, r.Options)
+	maps.Copy(j.Labels, r.Labels)
 	for _, c := range e.containers {
 		ep := c.rec.Endpoint
 		if c.net != n || ep == nil {

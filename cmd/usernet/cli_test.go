@@ -29,11 +29,14 @@ type fakeEngine struct {
 	runErr   error
 	exitCode int
 
-	mu     sync.Mutex
-	runs   []engine.RunConfig
-	kills  []syscall.Signal
-	stops  []engine.StopOptions
-	killed chan struct{} // closed on the first Kill, ending Wait
+	mu         sync.Mutex
+	netCreates []engine.NetworkCreateConfig
+	pruned     []string // what NetworkPrune removes
+	prunes     int      // NetworkPrune calls
+	runs       []engine.RunConfig
+	kills      []syscall.Signal
+	stops      []engine.StopOptions
+	killed     chan struct{} // closed on the first Kill, ending Wait
 }
 
 const fakeID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -136,6 +139,35 @@ func (f *fakeEngine) NetworkInspect(name string) (engine.NetworkResource, error)
 		return engine.NetworkResource{}, fmt.Errorf("%w: no such network: %s", engine.ErrNotFound, name)
 	}
 	return f.Networks()[0], nil
+}
+
+// NetworkCreate refuses "bridge" as the engine does and accepts the rest.
+func (f *fakeEngine) NetworkCreate(ctx context.Context, cfg engine.NetworkCreateConfig) (string, error) {
+	if cfg.Name == "bridge" {
+		return "", kindedError{engine.ErrInvalid, `network name "bridge" is reserved for a predefined network: choose another name`}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.netCreates = append(f.netCreates, cfg)
+	return fakeID, nil
+}
+
+// NetworkRemove knows the networks "mynet" (removable) and "busy" (in use).
+func (f *fakeEngine) NetworkRemove(name string) error {
+	switch name {
+	case "mynet":
+		return nil
+	case "busy":
+		return kindedError{engine.ErrConflict, "error while removing network: network busy has active endpoints (name:\"web\" id:\"0123456789ab\")"}
+	}
+	return kindedError{engine.ErrNotFound, "no such network: " + name}
+}
+
+func (f *fakeEngine) NetworkPrune() ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.prunes++
+	return f.pruned, nil
 }
 
 // known accepts the one sandbox the fake has, "web".
@@ -460,5 +492,88 @@ func TestServePprofServesProfiles(t *testing.T) {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /debug/pprof/allocs: status %d, want 200", resp.StatusCode)
+	}
+}
+
+func TestNetworkCreateFlags(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want engine.NetworkCreateConfig
+	}{
+		{name: "name only", args: []string{"mynet"}, want: engine.NetworkCreateConfig{Name: "mynet", Driver: "bridge"}},
+		{name: "everything", args: []string{"--driver", "bridge", "--subnet", "10.1.0.0/16", "--gateway", "10.1.0.254",
+			"--ip-range", "10.1.2.0/24", "--internal", "-o", "com.docker.network.driver.mtu=65520",
+			"--opt", "com.docker.network.bridge.enable_icc=false", "--label", "a=1", "--label", "flag", "mynet"},
+			want: engine.NetworkCreateConfig{
+				Name: "mynet", Driver: "bridge",
+				Subnet:   netip.MustParsePrefix("10.1.0.0/16"),
+				Gateway:  netip.MustParseAddr("10.1.0.254"),
+				IPRange:  netip.MustParsePrefix("10.1.2.0/24"),
+				Internal: true,
+				Options:  map[string]string{engine.OptionMTU: "65520", engine.OptionICC: "false"},
+				Labels:   map[string]string{"a": "1", "flag": ""},
+			}},
+		{name: "short driver flag", args: []string{"-d", "overlay", "ov"}, want: engine.NetworkCreateConfig{Name: "ov", Driver: "overlay"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			eng := &fakeEngine{}
+			got := usernet(t, eng, append([]string{"network", "create"}, tc.args...)...)
+			if diff := cmp.Diff(result{stdout: fakeID + "\n"}, got, cmp.AllowUnexported(result{})); diff != "" {
+				t.Errorf("output mismatch (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff([]engine.NetworkCreateConfig{tc.want}, eng.netCreates, cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})); diff != "" {
+				t.Errorf("NetworkCreateConfig mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestNetworkCommands(t *testing.T) {
+	tests := []struct {
+		name string
+		eng  *fakeEngine
+		args []string
+		want result
+	}{
+		{name: "create refused", args: []string{"network", "create", "bridge"},
+			want: result{code: 125, stderr: "usernet: network name \"bridge\" is reserved for a predefined network: choose another name\n"}},
+		{name: "create bad subnet", args: []string{"network", "create", "--subnet", "10.0.0.0/33", "n"},
+			want: result{code: 125, stderr: "usernet: invalid --subnet \"10.0.0.0/33\": give an IPv4 prefix in CIDR form, such as 172.28.0.0/16\n"}},
+		{name: "create two subnets", args: []string{"network", "create", "--subnet", "10.0.0.0/24", "--subnet", "10.0.1.0/24", "n"},
+			want: result{code: 125, stderr: "usernet: --subnet given 2 times: usernet networks have one IPv4 subnet\n"}},
+		{name: "create bad gateway", args: []string{"network", "create", "--gateway", "gw", "n"},
+			want: result{code: 125, stderr: "usernet: invalid --gateway \"gw\": give an IPv4 address such as 172.28.0.1\n"}},
+		{name: "create bad option", args: []string{"network", "create", "-o", "mtu", "n"},
+			want: result{code: 125, stderr: "usernet: invalid -o \"mtu\": use KEY=VALUE\n"}},
+		{name: "create without name", args: []string{"network", "create"},
+			want: result{code: 125, stderr: "usernet: \"usernet network create\" takes exactly one network name, got 0 argument(s)\n"}},
+		{name: "rm", args: []string{"network", "rm", "mynet"}, want: result{stdout: "mynet\n"}},
+		{name: "rm continues past failures", args: []string{"network", "rm", "busy", "nosuch", "mynet"},
+			want: result{code: 1, stdout: "mynet\n", stderr: "" +
+				"usernet: error while removing network: network busy has active endpoints (name:\"web\" id:\"0123456789ab\")\n" +
+				"usernet: no such network: nosuch\n"}},
+		{name: "prune forced", eng: &fakeEngine{pruned: []string{"a", "b"}}, args: []string{"network", "prune", "-f"},
+			want: result{stdout: "Deleted Networks:\na\nb\n"}},
+		{name: "prune nothing", args: []string{"network", "prune", "-f"}, want: result{}},
+		{name: "prune declined", eng: &fakeEngine{pruned: []string{"a"}}, args: []string{"network", "prune"},
+			want: result{stdout: pruneWarning + "\n"}},
+		{name: "ls quiet", args: []string{"network", "ls", "-q"}, want: result{stdout: "ffffffffffff\n"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			eng := tc.eng
+			if eng == nil {
+				eng = &fakeEngine{}
+			}
+			got := usernet(t, eng, tc.args...)
+			if diff := cmp.Diff(tc.want, got, cmp.AllowUnexported(result{})); diff != "" {
+				t.Errorf("usernet %v mismatch (-want +got):\n%s", tc.args, diff)
+			}
+			if tc.name == "prune declined" && eng.prunes != 0 {
+				t.Errorf("prune without confirmation asked the daemon to prune")
+			}
+		})
 	}
 }

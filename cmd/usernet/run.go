@@ -56,7 +56,7 @@ func newRunCmd(e *env) *cobra.Command {
 	f.BoolVarP(&o.tty, "tty", "t", false, "give the command the terminal (stdin must be one)")
 	f.StringVar(&o.name, "name", "", "name the sandbox")
 	f.StringVar(&o.hostname, "hostname", "", "hostname inside the sandbox")
-	f.StringVar(&o.network, "network", "bridge", "network: bridge, host or none")
+	f.StringVar(&o.network, "network", "bridge", "network: bridge, host, none or a network made with network create")
 	f.StringArrayVarP(&o.publish, "publish", "p", nil, "publish ports: [hostIP:][hostPort[-end]:]containerPort[-end][/tcp|udp]")
 	f.BoolVarP(&o.publishAll, "publish-all", "P", false, "publish every exposed port on a free host port")
 	f.StringArrayVar(&o.expose, "expose", nil, "expose a port or range: PORT[-END][/tcp|udp]")
