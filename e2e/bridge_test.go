@@ -208,13 +208,7 @@ func TestBridge(t *testing.T) {
 			t.Errorf("usernet port web: got %q, want %q", got, want)
 		}
 		url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-		eventually(t, 20*time.Second, "GET "+url+" from the host", func() error {
-			body, err := httpGet(url)
-			if err == nil && !strings.Contains(body, token) {
-				err = fmt.Errorf("body %q lacks %q", body, token)
-			}
-			return err
-		})
+		expectPage(t, url, token, "from the host")
 		c := h.inspect(t, "web")
 		wantPorts := fmt.Sprintf("[{0.0.0.0 %d}]", port)
 		if got := fmt.Sprint(c.NetworkSettings.Ports["80/tcp"]); got != wantPorts {
@@ -391,13 +385,7 @@ while True:
 			t.Fatalf("usernet port pub: got %q, want one line 80/tcp -> 0.0.0.0:PORT", out)
 		}
 		url := "http://127.0.0.1:" + m[1] + "/"
-		eventually(t, 20*time.Second, "GET "+url+" (the port -P picked)", func() error {
-			body, err := httpGet(url)
-			if err == nil && !strings.Contains(body, token) {
-				err = fmt.Errorf("body %q lacks %q", body, token)
-			}
-			return err
-		})
+		expectPage(t, url, token, "(the port -P picked)")
 	})
 
 	t.Run("port output", func(t *testing.T) {

@@ -697,6 +697,19 @@ func portIsFree(port int) error {
 	return l.Close()
 }
 
+// expectPage waits up to 20 s for url to answer with a page containing
+// token; what says when (e.g. "from the host"), for the failure message.
+func expectPage(t *testing.T, url, token, what string) {
+	t.Helper()
+	eventually(t, 20*time.Second, "GET "+url+" "+what, func() error {
+		body, err := httpGet(url)
+		if err == nil && !strings.Contains(body, token) {
+			err = fmt.Errorf("body %q lacks %q", body, token)
+		}
+		return err
+	})
+}
+
 // httpGet fetches url from the host (the test process) with a short timeout.
 func httpGet(url string) (string, error) {
 	c := &http.Client{Timeout: 3 * time.Second}

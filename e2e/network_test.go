@@ -333,13 +333,7 @@ func TestUserNetworks(t *testing.T) {
 		}
 		h.ok(t, "exec", "k1", "ping", "-c1", "-W2", "-M", "do", "-s", "60000", "10.92.0.1")
 		url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-		eventually(t, 20*time.Second, "GET "+url+" after the restart", func() error {
-			body, err := httpGet(url)
-			if err == nil && !strings.Contains(body, token) {
-				err = fmt.Errorf("body %q lacks %q", body, token)
-			}
-			return err
-		})
+		expectPage(t, url, token, "after the restart")
 	})
 
 	t.Run("bad input changes nothing", func(t *testing.T) {
