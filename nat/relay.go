@@ -15,11 +15,16 @@ import (
 //  1. Two copy loops run, one per direction; the caller's goroutine runs one
 //     of them, so a relay costs one extra goroutine, taken from the
 //     reused workers (workers.go).
-//  2. Each loop starts with a 32 KiB buffer and, once it has moved
-//     relayGrowAfter bytes, switches to a 256 KiB buffer: bulk transfers get
-//     large buffers (fewer syscalls and netstack passes per byte;
-//     NETSTACK.md R3), short request/response flows stay cheap. Both sizes
-//     come from process-wide pools shared by every network.
+//  2. From a guest connection to a host TCP socket the guest side copies
+//     by itself (the gateway's connections implement io.WriterTo): bytes
+//     go straight from netstack's buffers into the kernel, one copy per
+//     byte instead of two through a buffer of ours (NETSTACK.md R3;
+//     stack/tcpconn.go says why the other direction does not). Every
+//     other loop goes through a buffer that starts at 32 KiB and, once the
+//     loop has moved relayGrowAfter bytes, grows to 256 KiB: bulk
+//     transfers get large buffers (fewer syscalls and netstack passes per
+//     byte), short request/response flows stay cheap. Both sizes come from
+//     process-wide pools shared by every network.
 //  3. A loop that reads EOF half-closes the other side (CloseWrite) and
 //     stops; the other direction keeps going, so a guest that shuts down
 //     its sending side still receives the answer.
@@ -76,7 +81,7 @@ func relay(a, b net.Conn) relayResult {
 // or closes both (error). It returns the bytes copied and the error, nil
 // for a clean EOF.
 func relayHalf(dst, src net.Conn) (int64, error) {
-	n, err := copyGrowing(dst, src)
+	n, err := copyConn(dst, src)
 	if err == nil {
 		if cw, ok := dst.(closeWriter); ok {
 			if cerr := cw.CloseWrite(); cerr == nil {
@@ -106,6 +111,20 @@ func relayHalf(dst, src net.Conn) (int64, error) {
 		err = nil
 	}
 	return n, err
+}
+
+// copyConn is step 2. The guest side is told apart from the host side as
+// the connection that is not a *net.TCPConn, since a *net.TCPConn is an
+// io.WriterTo too (splice, or a generic 32 KiB copy). An io.ReaderFrom on
+// the destination is not used: the host's would pick its generic copy,
+// and the guest side has none worth taking (stack/tcpconn.go).
+func copyConn(dst, src net.Conn) (int64, error) {
+	_, dstHost := dst.(*net.TCPConn)
+	_, srcHost := src.(*net.TCPConn)
+	if wt, ok := src.(io.WriterTo); ok && dstHost && !srcHost {
+		return wt.WriteTo(dst)
+	}
+	return copyGrowing(dst, src)
 }
 
 // copyGrowing is io.CopyBuffer with a buffer that grows from 32 KiB to

@@ -202,3 +202,72 @@ func BenchmarkRelay(b *testing.B) {
 	c.CloseWrite()
 	<-done
 }
+
+// directConn stands in for a stack.TCPConn: a connection that is not a
+// *net.TCPConn and copies by itself. It records which of its copy methods
+// ran; it has a ReadFrom too, which copyConn must leave alone.
+type directConn struct {
+	net.Conn
+	used string
+}
+
+func (d *directConn) WriteTo(w io.Writer) (int64, error) {
+	d.used = "WriteTo"
+	return io.Copy(w, struct{ io.Reader }{d.Conn})
+}
+
+func (d *directConn) ReadFrom(r io.Reader) (int64, error) {
+	d.used = "ReadFrom"
+	return io.Copy(struct{ io.Writer }{d.Conn}, r)
+}
+
+// TestCopyConnPath checks that copyConn leaves the copy to the guest side
+// only from a guest connection to a host socket, and that the bytes
+// arrive either way.
+func TestCopyConnPath(t *testing.T) {
+	tests := []struct {
+		name               string
+		guestSrc, guestDst bool
+		want               string // the directConn method that must run
+	}{
+		{name: "guest to host", guestSrc: true, want: "WriteTo"},
+		{name: "host to guest", guestDst: true},
+		{name: "host to host"},
+		{name: "guest to guest", guestSrc: true, guestDst: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			feed, srcEnd := tcpPair(t)
+			dstEnd, out := tcpPair(t)
+			var src, dst net.Conn = srcEnd, dstEnd
+			var used []*directConn
+			if tt.guestSrc {
+				d := &directConn{Conn: srcEnd}
+				src, used = d, append(used, d)
+			}
+			if tt.guestDst {
+				d := &directConn{Conn: dstEnd}
+				dst, used = d, append(used, d)
+			}
+			if _, err := feed.Write([]byte("payload")); err != nil {
+				t.Fatal(err)
+			}
+			feed.CloseWrite()
+			n, err := copyConn(dst, src)
+			if err != nil || n != 7 {
+				t.Fatalf("copyConn = %d, %v; want 7, nil", n, err)
+			}
+			dstEnd.CloseWrite()
+			if got, err := io.ReadAll(out); err != nil || string(got) != "payload" {
+				t.Fatalf("read %q, %v; want payload", got, err)
+			}
+			got := ""
+			for _, d := range used {
+				got += d.used
+			}
+			if got != tt.want {
+				t.Errorf("copy methods run: %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -45,8 +45,9 @@ type TCPRequest struct {
 
 // Accept completes the handshake with the guest and returns the
 // connection, with TCP keepalive on so dead guests are noticed. The caller
-// owns the connection. It fails if the request was already answered or
-// the guest gave up.
+// owns the connection. It implements io.WriterTo, which copies straight
+// from netstack into a host *net.TCPConn (tcpconn.go).
+// It fails if the request was already answered or the guest gave up.
 func (r *TCPRequest) Accept() (TCPConn, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -64,7 +65,7 @@ func (r *TCPRequest) Accept() (TCPConn, error) {
 	}
 	req.Complete(false)
 	ep.SocketOptions().SetKeepAlive(true)
-	return gonet.NewTCPConn(&wq, ep), nil
+	return newTCPConn(&wq, ep), nil
 }
 
 // Reject refuses the connection with a RST: the guest sees "connection

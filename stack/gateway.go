@@ -330,7 +330,8 @@ func (g *Gateway) Stats() Stats {
 // zero address means the gateway's; port 0 picks one) to dst, a guest.
 // With a foreign src the guest sees that address as the client, which is
 // how published ports keep client source IPs; the guest must route src
-// via the gateway. The returned conn implements TCPConn (CloseWrite).
+// via the gateway. The returned conn implements TCPConn (CloseWrite), and
+// io.WriterTo as TCPRequest.Accept's does.
 func (g *Gateway) DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
 	// Not gonet.DialTCPWithBind: it flattens the tcpip.Error into a
 	// string (callers could not tell a refusal from a timeout) and leaks
@@ -342,7 +343,7 @@ func (g *Gateway) DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Con
 	return c, nil
 }
 
-func (g *Gateway) dialTCP(ctx context.Context, src, dst netip.AddrPort) (*gonet.TCPConn, error) {
+func (g *Gateway) dialTCP(ctx context.Context, src, dst netip.AddrPort) (*tcpConn, error) {
 	laddr, raddr, proto := g.fullAddrs(src, dst)
 	var wq waiter.Queue
 	ep, terr := g.stack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
@@ -370,7 +371,7 @@ func (g *Gateway) dialTCP(ctx context.Context, src, dst netip.AddrPort) (*gonet.
 		ep.Close()
 		return nil, convertError("connect", terr)
 	}
-	return gonet.NewTCPConn(&wq, ep), nil
+	return newTCPConn(&wq, ep), nil
 }
 
 // DialUDP opens a connected UDP socket from inside the network, from src
