@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,123 +10,39 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"os/user"
-	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/usernet/usernet/sandbox"
+	"github.com/usernet/usernet/sandbox/sandboxtest"
 )
 
 // The integration tests run real sandboxes through the real data path
 // (sandbox agent, TAP, switch, gateway, NAT), as the product runs: as an
-// unprivileged user. Run as root, each re-executes the test binary as the
-// user usernet-test with -test.run naming itself and reports the child's
-// outcome.
+// unprivileged user (sandboxtest.Unprivileged).
 
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == sandbox.AgentArg {
 		sandbox.AgentMain()
 	}
-	os.Exit(m.Run())
+	os.Exit(sandboxtest.Main(m))
 }
 
-const (
-	childEnvVar  = "USERNET_ENGINE_TEST_CHILD"
-	testUserName = "usernet-test"
-)
-
-// asUnprivileged arranges for the calling test to run unprivileged. As
-// root it runs the test in a child process as testUserName, reports the
-// outcome and returns true: the caller returns at once. Otherwise it
-// skips unless user namespaces and /dev/net/tun are usable, and returns
-// false.
+// asUnprivileged runs the calling integration test as sandboxtest's
+// unprivileged user, with TAP devices usable; it returns true when the
+// caller must return at once (the test ran in a child). -short skips it.
 func asUnprivileged(t *testing.T) bool {
 	t.Helper()
-	if os.Getuid() != 0 || os.Getenv(childEnvVar) == "1" {
-		if os.Getuid() == 0 {
-			t.Fatal("test child still runs as root")
-		}
-		requireSandboxes(t)
-		return false
-	}
 	if testing.Short() {
 		t.Skip("integration test: skipped with -short")
 	}
-	u, err := user.Lookup(testUserName)
-	if err != nil {
-		if out, err := exec.Command("useradd", "-m", testUserName).CombinedOutput(); err != nil {
-			t.Skipf("no unprivileged user to run as: useradd %s: %v: %s", testUserName, err, out)
-		}
-		if u, err = user.Lookup(testUserName); err != nil {
-			t.Fatal(err)
-		}
+	if sandboxtest.Unprivileged(t) {
+		return true
 	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-
-	// go test builds the binary where only root may enter: copy it.
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "usernet-engine-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "engine.test")
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.v", "-test.count=1", "-test.timeout=2m")
-	cmd.Env = append(os.Environ(), childEnvVar+"=1")
-	cmd.Dir = dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
-	out, err := cmd.CombinedOutput()
-	t.Logf("as %s (uid %d):\n%s", testUserName, uid, out)
-	switch {
-	case bytes.Contains(out, []byte("--- SKIP: "+t.Name())):
-		t.Skip("skipped when unprivileged (see above)")
-	case err != nil:
-		t.Fatalf("unprivileged run failed: %v", err)
-	case !bytes.Contains(out, []byte("--- PASS: "+t.Name())):
-		t.Fatal("unprivileged run did not run the test")
-	}
-	return true
-}
-
-// requireSandboxes skips unless this process can create user and network
-// namespaces and open /dev/net/tun.
-func requireSandboxes(t *testing.T) {
-	t.Helper()
-	cmd := exec.Command("/bin/true")
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  unix.CLONE_NEWUSER | unix.CLONE_NEWNET | unix.CLONE_NEWNS,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
-	}
-	if err := cmd.Run(); err != nil {
-		t.Skipf("sandboxes need unprivileged user namespaces; uid %d cannot create one: %v", os.Getuid(), err)
-	}
-	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("sandboxes need /dev/net/tun openable by uid %d (chmod 0666 /dev/net/tun): %v", os.Getuid(), err)
-	}
-	f.Close()
+	sandboxtest.RequireTUN(t)
+	return false
 }
 
 // sandboxScript reports what the sandbox sees, then serves one TCP

@@ -1,48 +1,30 @@
 package sandbox
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/usernet/usernet/sandbox/sandboxtest"
 )
 
 // The sandbox tests run the product path: an unprivileged user starting
-// sandboxes. Run as root (as on CI), each such test re-executes the test
-// binary as the user testUser (created if missing) with -test.run naming
-// just itself, and reports the child's result.
-
-const (
-	// childEnv marks the unprivileged re-execution of the test binary.
-	childEnv = "USERNET_SANDBOX_TEST_CHILD"
-	testUser = "usernet-test"
-)
+// sandboxes (sandboxtest.Unprivileged).
 
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == AgentArg {
 		AgentMain()
 	}
-	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	code := sandboxtest.Main(m)
 	if code == 0 {
 		if leak := leakedReadLoops(); leak != "" {
 			fmt.Fprintf(os.Stderr, "sandbox read loops still running after the tests:\n%s\n", leak)
@@ -63,133 +45,6 @@ func leakedReadLoops() string {
 		}
 	}
 	return strings.Join(leaks, "\n\n")
-}
-
-var (
-	binOnce sync.Once
-	binDir  string // holds a world-readable copy of the test binary
-	binPath string
-	binErr  error
-)
-
-// unprivileged makes the calling test run as an unprivileged user with
-// user namespaces available. Run as root, it runs the test again in a
-// child process as testUser, reports the child's outcome and returns true:
-// the caller must then return at once. Otherwise it skips the test when
-// user namespaces are unavailable and returns false.
-func unprivileged(t *testing.T) bool {
-	t.Helper()
-	if os.Getuid() != 0 || os.Getenv(childEnv) == "1" {
-		if os.Getuid() == 0 {
-			t.Fatal("test child still runs as root")
-		}
-		requireUserns(t)
-		return false
-	}
-	uid, gid := ensureUser(t)
-	// Debian's default is 0666; this machine's is 0600, which no
-	// unprivileged user (in any namespace) can open.
-	if err := os.Chmod("/dev/net/tun", 0o666); err != nil {
-		t.Logf("chmod /dev/net/tun: %v", err)
-	}
-	bin := testBinary(t)
-	cmd := exec.Command(bin, "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.v", "-test.count=1", "-test.timeout=3m")
-	cmd.Env = append(os.Environ(), childEnv+"=1")
-	cmd.Dir = filepath.Dir(bin)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}}}
-	out, err := cmd.CombinedOutput()
-	t.Logf("as %s (uid %d):\n%s", testUser, uid, out)
-	switch {
-	case err != nil:
-		t.Fatalf("unprivileged run failed: %v", err)
-	case bytes.Contains(out, []byte("--- SKIP: "+t.Name())):
-		t.Skip("skipped when unprivileged (see above)")
-	case !bytes.Contains(out, []byte("--- PASS: "+t.Name())):
-		t.Fatal("unprivileged run did not run the test")
-	}
-	return true
-}
-
-// ensureUser returns testUser's ids, creating the user if needed.
-func ensureUser(t *testing.T) (uid, gid uint32) {
-	t.Helper()
-	u, err := user.Lookup(testUser)
-	if err != nil {
-		if out, err := exec.Command("useradd", "-m", testUser).CombinedOutput(); err != nil {
-			t.Skipf("no unprivileged user to test with: useradd %s: %v: %s", testUser, err, out)
-		}
-		if u, err = user.Lookup(testUser); err != nil {
-			t.Fatalf("look up %s after useradd: %v", testUser, err)
-		}
-	}
-	id, err1 := strconv.ParseUint(u.Uid, 10, 32)
-	g, err2 := strconv.ParseUint(u.Gid, 10, 32)
-	if err := errors.Join(err1, err2); err != nil {
-		t.Fatalf("ids of %s: %v", testUser, err)
-	}
-	return uint32(id), uint32(g)
-}
-
-// testBinary returns a copy of the test binary that testUser can run (go
-// test builds it in a directory only root may enter).
-func testBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		self, err := os.Executable()
-		if err != nil {
-			binErr = err
-			return
-		}
-		if binDir, err = os.MkdirTemp("", "usernet-sandbox-test-"); err != nil {
-			binErr = err
-			return
-		}
-		if err = os.Chmod(binDir, 0o755); err != nil {
-			binErr = err
-			return
-		}
-		data, err := os.ReadFile(self)
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(binDir, "sandbox.test")
-		binErr = os.WriteFile(binPath, data, 0o755)
-	})
-	if binErr != nil {
-		t.Fatalf("copy test binary: %v", binErr)
-	}
-	return binPath
-}
-
-// requireUserns skips the test unless this process can create a user
-// namespace with a network namespace.
-func requireUserns(t testing.TB) {
-	t.Helper()
-	for _, f := range []string{"/proc/sys/user/max_user_namespaces", "/proc/sys/kernel/unprivileged_userns_clone"} {
-		if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == "0" {
-			t.Skipf("unprivileged user namespaces are disabled: %s is 0", f)
-		}
-	}
-	cmd := exec.Command("/bin/true")
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  unix.CLONE_NEWUSER | unix.CLONE_NEWNET | unix.CLONE_NEWNS,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
-	}
-	if err := cmd.Run(); err != nil {
-		t.Skipf("cannot create a user namespace as uid %d: %v", os.Getuid(), err)
-	}
-}
-
-// requireTUN skips the test unless /dev/net/tun can be opened.
-func requireTUN(t testing.TB) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("TAP devices need /dev/net/tun openable by uid %d: %v", os.Getuid(), err)
-	}
-	f.Close()
 }
 
 // pipe returns a pipe whose ends are closed at the end of the test.

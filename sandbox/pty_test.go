@@ -16,6 +16,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/usernet/usernet/sandbox/sandboxtest"
 )
 
 // The tests in this file play the user: a pty pair of their own stands
@@ -74,7 +76,7 @@ func ttyExchange(t *testing.T, term *userTerm, signal func(unix.Signal) error) {
 }
 
 func TestTTY(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	term := newUserTerm(t, 37, 91)
@@ -91,7 +93,7 @@ func TestTTY(t *testing.T) {
 }
 
 func TestTTYDrainsOutput(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	// The output goes to a one-page pipe that the test leaves unread
@@ -131,7 +133,7 @@ func TestTTYDrainsOutput(t *testing.T) {
 }
 
 func TestTTYWithoutTerminal(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	// Without TTY a terminal passed as stdio is just a file: the command
@@ -151,7 +153,7 @@ func TestTTYWithoutTerminal(t *testing.T) {
 }
 
 func TestExecTTY(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	tests := []struct {

@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
+	"github.com/usernet/usernet/sandbox/sandboxtest"
 	vswitch "github.com/usernet/usernet/switch"
 )
 
@@ -45,10 +46,10 @@ echo rx1=$(cat /sys/class/net/eth0/statistics/rx_packets)
 `
 
 func TestBridge(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
-	requireTUN(t)
+	sandboxtest.RequireTUN(t)
 	hostHosts, hostResolv := readFile(t, "/etc/hosts"), readFile(t, "/etc/resolv.conf")
 	hostNetns, err := os.Readlink("/proc/self/ns/net")
 	if err != nil {
@@ -173,7 +174,7 @@ func readFile(t *testing.T, name string) string {
 }
 
 func TestExitStatus(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	tests := []struct {
@@ -197,7 +198,7 @@ func TestExitStatus(t *testing.T) {
 }
 
 func TestSignal(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	tests := []struct {
@@ -234,7 +235,7 @@ func TestSignal(t *testing.T) {
 }
 
 func TestOrphanReaped(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	// The intermediate shell exits at once, orphaning sleep, which the
@@ -252,7 +253,7 @@ if [ -e /proc/$p ]; then echo "not reaped: $(grep State /proc/$p/status)"; else 
 }
 
 func TestNotFound(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	dir := t.TempDir()
@@ -295,7 +296,7 @@ func TestNotFound(t *testing.T) {
 }
 
 func TestExec(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	stdinR, stdinW := pipe(t)
@@ -400,7 +401,7 @@ func TestExec(t *testing.T) {
 }
 
 func TestNetModes(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	hostNetns, err := os.Readlink("/proc/self/ns/net")
@@ -444,7 +445,7 @@ echo loflags=$(cat /sys/class/net/lo/flags)`
 }
 
 func TestKill(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	r, w := pipe(t)
@@ -479,7 +480,7 @@ func TestKill(t *testing.T) {
 }
 
 func TestStartContext(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -543,10 +544,10 @@ func TestSpecValidate(t *testing.T) {
 }
 
 func TestConnect(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
-	requireTUN(t)
+	sandboxtest.RequireTUN(t)
 	stdinR, stdinW := pipe(t)
 	s := start(t, Spec{Args: []string{"/bin/sh", "-c", "cat >/dev/null"}, Stdin: stdinR, Net: NetNone})
 	stdinR.Close()
@@ -600,7 +601,7 @@ echo mtu=$(cat /sys/class/net/eth1/mtu)`
 // namespaces, agent, setup, the command, its exit and the teardown. It
 // runs as whoever runs it (root gets a user namespace mapping root).
 func BenchmarkStart(b *testing.B) {
-	requireUserns(b)
+	sandboxtest.RequireUserns(b)
 	benchmarks := []struct {
 		name string
 		spec Spec
@@ -617,7 +618,7 @@ func BenchmarkStart(b *testing.B) {
 	for _, bm := range benchmarks {
 		b.Run(bm.name, func(b *testing.B) {
 			if bm.spec.Net == NetBridge {
-				requireTUN(b)
+				sandboxtest.RequireTUN(b)
 			}
 			spec := bm.spec
 			spec.Args = []string{"/bin/true"}
@@ -639,10 +640,10 @@ func BenchmarkStart(b *testing.B) {
 
 // A sandbox whose setup fails reports the step and leaves nothing behind.
 func TestSetupFailure(t *testing.T) {
-	if unprivileged(t) {
+	if sandboxtest.Unprivileged(t) {
 		return
 	}
-	requireTUN(t)
+	sandboxtest.RequireTUN(t)
 	before := ownChildren(t)
 	_, err := Start(context.Background(), Spec{
 		Args: []string{"true"},
