@@ -8,12 +8,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usernet/usernet/sandbox/sandboxtest"
 	vswitch "github.com/usernet/usernet/switch"
 )
 
@@ -48,44 +48,6 @@ func run(t testing.TB, args ...string) {
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%q: %v: %s", args, err, out)
 	}
-}
-
-// inNetns runs fn on a thread switched into the named network namespace
-// (NETSTACK.md R5(c)). Files and sockets fn opens stay in that namespace.
-// fn must not start goroutines. If switching back fails the thread stays
-// locked, so the runtime ends it with the goroutine.
-func inNetns(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open("/run/netns/" + name)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns back: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 func TestTAPRejectsTUN(t *testing.T) {
@@ -284,4 +246,9 @@ func TestFdbasedGateway(t *testing.T) {
 	if got, err := io.ReadAll(c); err != nil || string(got) != "fdbased" {
 		t.Errorf("echo: %q, %v; want \"fdbased\"", got, err)
 	}
+}
+
+// inNetns runs fn in the network namespace `ip netns add name` made.
+func inNetns(name string, fn func() error) error {
+	return sandboxtest.InNetns("/run/netns/"+name, fn)
 }

@@ -9,11 +9,13 @@ package sandboxtest
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -165,4 +167,45 @@ func RequireTUN(t testing.TB) {
 		t.Skipf("TAP devices need /dev/net/tun openable by uid %d (chmod 0666 /dev/net/tun): %v", os.Getuid(), err)
 	}
 	f.Close()
+}
+
+// InNetns runs fn on an OS thread switched into the network namespace at
+// path (for example /run/netns/NAME, which `ip netns add` makes), as root.
+// Files and sockets fn opens stay bound to that namespace: a TAP created
+// there, or a listener. fn must not start goroutines, which would run in
+// whatever namespace their thread has. If the thread cannot be switched
+// back it stays locked, so the Go runtime ends it with the goroutine
+// rather than reuse it (NETSTACK.md R5(c)).
+func InNetns(path string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("netns %s: %w", path, err)
+			return
+		}
+		defer orig.Close()
+		target, err := os.Open(path)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("netns %s: %w", path, err)
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("netns %s: setns: %w", path, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("netns %s: setns back: %w", path, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
 }

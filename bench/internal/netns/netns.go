@@ -11,10 +11,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/usernet/usernet/sandbox/sandboxtest"
 )
 
 // NS is a named network namespace (/run/netns/Name) that this process
@@ -68,38 +69,7 @@ func (n *NS) Output(ctx context.Context, argv ...string) ([]byte, error) {
 // to the original namespace it stays locked, and the Go runtime kills it
 // when Do's goroutine exits rather than reuse it.
 func (n *NS) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netns %s: %w", n.Name, err)
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(n.Path())
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netns %s: %w", n.Name, err)
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netns %s: setns: %w", n.Name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			// Leave the thread locked: it dies with this goroutine.
-			errc <- fmt.Errorf("netns %s: setns back: %w", n.Name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return sandboxtest.InNetns(n.Path(), fn)
 }
 
 // Close deletes the namespace.
