@@ -159,24 +159,7 @@ func TestTCPBulk(t *testing.T) {
 				t.Fatalf("dial: %v", err)
 			}
 			defer c.Close()
-			errc := make(chan error, 1)
-			go func() {
-				_, err := c.Write(data)
-				if err == nil {
-					err = c.CloseWrite()
-				}
-				errc <- err
-			}()
-			got, err := io.ReadAll(c)
-			if err != nil {
-				t.Fatalf("read: %v", err)
-			}
-			if err := <-errc; err != nil {
-				t.Fatalf("write: %v", err)
-			}
-			if !bytes.Equal(got, data) {
-				t.Fatalf("echoed %d bytes differing from the %d sent", len(got), len(data))
-			}
+			checkEcho(t, c, data)
 			if gso := g.gsoIn.Load(); offloads && gso == 0 {
 				t.Error("vnet guest received no GSO super-frame from the gateway")
 			} else if !offloads && gso != 0 {

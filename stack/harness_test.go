@@ -1,9 +1,11 @@
 package stack
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -369,4 +371,31 @@ func (g *guest) fullAddr(ap netip.AddrPort) tcpip.FullAddress {
 func checkRefused(err error) bool {
 	var opErr *net.OpError
 	return errors.As(err, &opErr) && opErr.Err != nil && opErr.Err.Error() == (&tcpip.ErrConnectionRefused{}).String()
+}
+
+// checkEcho sends data on c, half-closes it, and checks that c's peer,
+// an echo server, sent back exactly data before closing.
+func checkEcho(t *testing.T, c interface {
+	io.ReadWriter
+	CloseWrite() error
+}, data []byte) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("echoed %d bytes differing from the %d sent", len(got), len(data))
+	}
 }

@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"bytes"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -130,24 +129,7 @@ func TestTAPGateway(t *testing.T) {
 	c.SetDeadline(deadline(testContext(t)))
 	data := make([]byte, 8<<20)
 	rand.Read(data)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := c.Write(data)
-		if err == nil {
-			err = c.CloseWrite()
-		}
-		errc <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	if !bytes.Equal(got, data) {
-		t.Fatalf("echoed %d bytes differing from the %d sent", len(got), len(data))
-	}
+	checkEcho(t, c, data)
 	// With TSO on the TAP, the kernel hands us super-frames: on average
 	// frames from the TAP must be larger than the MTU allows.
 	st := att.Stats()
