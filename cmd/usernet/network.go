@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
 	"github.com/usernet/usernet/api"
 )
 
@@ -193,12 +194,8 @@ func newNetworkRmCmd(e *env) *cobra.Command {
 		Short:   "Remove user-defined networks",
 		Args:    argsAtLeast(1, "the network to remove"),
 		RunE: withStatus(statusFailed, func(cmd *cobra.Command, args []string) error {
-			return forEachName(cmd.Context(), e, args, func(c *api.Client, name string) error {
-				if err := c.NetworkRemove(cmd.Context(), name); err != nil {
-					return err
-				}
-				_, err := fmt.Fprintln(e.out, name)
-				return err
+			return forEachNameEcho(cmd.Context(), e, args, func(c *api.Client, name string) error {
+				return c.NetworkRemove(cmd.Context(), name)
 			})
 		}),
 	}

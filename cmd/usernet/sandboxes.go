@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/spf13/cobra"
+
 	"github.com/usernet/usernet/api"
 	"github.com/usernet/usernet/engine"
 )
@@ -74,6 +75,18 @@ func forEachName(ctx context.Context, e *env, names []string, fn func(c *api.Cli
 	return nil
 }
 
+// forEachNameEcho is forEachName for commands that print each name they
+// acted on, as docker stop, rm and network rm do.
+func forEachNameEcho(ctx context.Context, e *env, names []string, act func(c *api.Client, name string) error) error {
+	return forEachName(ctx, e, names, func(c *api.Client, name string) error {
+		if err := act(c, name); err != nil {
+			return err
+		}
+		_, err := fmt.Fprintln(e.out, name)
+		return err
+	})
+}
+
 type stopOptions struct {
 	timeout int
 }
@@ -89,12 +102,8 @@ func newStopCmd(e *env) *cobra.Command {
 			if cmd.Flags().Changed("time") {
 				timeout = &o.timeout
 			}
-			return forEachName(cmd.Context(), e, args, func(c *api.Client, name string) error {
-				if err := c.Stop(cmd.Context(), name, timeout); err != nil {
-					return err
-				}
-				_, err := fmt.Fprintln(e.out, name)
-				return err
+			return forEachNameEcho(cmd.Context(), e, args, func(c *api.Client, name string) error {
+				return c.Stop(cmd.Context(), name, timeout)
 			})
 		}),
 	}
@@ -113,12 +122,8 @@ func newRmCmd(e *env) *cobra.Command {
 		Short: "Remove sandboxes",
 		Args:  argsAtLeast(1, "the sandbox to remove"),
 		RunE: withStatus(statusFailed, func(cmd *cobra.Command, args []string) error {
-			return forEachName(cmd.Context(), e, args, func(c *api.Client, name string) error {
-				if err := c.Remove(cmd.Context(), name, o.force); err != nil {
-					return err
-				}
-				_, err := fmt.Fprintln(e.out, name)
-				return err
+			return forEachNameEcho(cmd.Context(), e, args, func(c *api.Client, name string) error {
+				return c.Remove(cmd.Context(), name, o.force)
 			})
 		}),
 	}
