@@ -27,7 +27,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -294,7 +293,7 @@ func (t *TAP) readFrame(fd int, slot **vswitch.Frame) (bool, error) {
 		hl = vswitch.VnetHdrLen
 		f.Prepend(hl)
 	}
-	n, err := unix.Read(fd, f.Data)
+	n, err := rawRead(fd, f.Data)
 	if err != nil {
 		if hl > 0 {
 			f.Data = f.Data[hl:]
@@ -402,19 +401,9 @@ func (t *TAP) writeFrame(fd int, w *writeState) error {
 		iov = appendIovec(iov, f.Data)
 	}
 	w.iov = iov
-	_, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	_, err := rawWritev(fd, iov)
 	clear(iov) // do not pin the frame's memory from the pool
-	if errno != 0 {
-		return errno
-	}
-	return nil
-}
-
-// appendIovec appends an iovec for b, which must not be empty.
-func appendIovec(iov []unix.Iovec, b []byte) []unix.Iovec {
-	iov = append(iov, unix.Iovec{Base: &b[0]})
-	iov[len(iov)-1].SetLen(len(b))
-	return iov
+	return err
 }
 
 func (t *TAP) writeErr(err error) error {

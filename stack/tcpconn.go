@@ -226,9 +226,10 @@ var pendingBufs = sync.Pool{New: func() any { b := make([]byte, 0, pendingSize);
 // pending and the view.
 type hostWriter struct {
 	rc      syscall.RawConn
-	pending []byte    // copied from small views, not written yet
-	iov     [2][]byte // pending and the view, for writev
-	err     error     // the first error of this Read, errHostFull included
+	pending []byte       // copied from small views, not written yet
+	iov     [2][]byte    // pending and the view, for writev
+	vec     []unix.Iovec // their iovecs
+	err     error        // the first error of this Read, errHostFull included
 }
 
 // Write takes all of p (written, or copied into pending) or returns an
@@ -257,7 +258,7 @@ func (h *hostWriter) write(pending []byte, p ...[]byte) (int, error) {
 	var n int
 	var werr error
 	err := h.rc.Write(func(fd uintptr) bool {
-		n, werr = writev(int(fd), bufs)
+		n, werr = h.writev(int(fd), bufs)
 		return true
 	})
 	clear(bufs) // holds no view past this Write: its chunk goes back to gVisor
@@ -288,10 +289,12 @@ func (h *hostWriter) flush() error {
 	for len(h.pending) > 0 {
 		var n int
 		var werr error
+		bufs := append(h.iov[:0], h.pending)
 		err := h.rc.Write(func(fd uintptr) bool {
-			n, werr = writev(int(fd), [][]byte{h.pending})
+			n, werr = h.writev(int(fd), bufs)
 			return werr != unix.EAGAIN
 		})
+		clear(bufs)
 		if err == nil {
 			err = werr
 		}
@@ -303,12 +306,24 @@ func (h *hostWriter) flush() error {
 	return nil
 }
 
-// writev is writev(2), retried on EINTR.
-func writev(fd int, bufs [][]byte) (int, error) {
+// writev is a raw writev(2) of the non-empty slices of bufs (see
+// rawio_linux.go), retried on EINTR.
+func (h *hostWriter) writev(fd int, bufs [][]byte) (int, error) {
+	vec := h.vec[:0]
+	for _, b := range bufs {
+		if len(b) > 0 {
+			vec = appendIovec(vec, b)
+		}
+	}
+	h.vec = vec
+	defer clear(vec) // pins no view once written
+	if len(vec) == 0 {
+		return 0, nil
+	}
 	for {
-		n, err := unix.Writev(fd, bufs)
+		n, err := rawWritev(fd, vec)
 		if err != unix.EINTR {
-			return max(n, 0), err
+			return n, err
 		}
 	}
 }
