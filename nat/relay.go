@@ -117,12 +117,18 @@ func relayHalf(dst, src net.Conn) (int64, error) {
 // the connection that is not a *net.TCPConn, since a *net.TCPConn is an
 // io.WriterTo too (splice, or a generic 32 KiB copy). An io.ReaderFrom on
 // the destination is not used: the host's would pick its generic copy,
-// and the guest side has none worth taking (stack/tcpconn.go).
+// and the guest side has none worth taking (stack/tcpconn.go). A host
+// source is read with raw reads (hostReader).
 func copyConn(dst, src net.Conn) (int64, error) {
 	_, dstHost := dst.(*net.TCPConn)
-	_, srcHost := src.(*net.TCPConn)
-	if wt, ok := src.(io.WriterTo); ok && dstHost && !srcHost {
+	srcHost, _ := src.(*net.TCPConn)
+	if wt, ok := src.(io.WriterTo); ok && dstHost && srcHost == nil {
 		return wt.WriteTo(dst)
+	}
+	if srcHost != nil {
+		if r, err := newHostReader(srcHost); err == nil {
+			return copyGrowing(dst, r)
+		}
 	}
 	return copyGrowing(dst, src)
 }
