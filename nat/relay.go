@@ -118,7 +118,7 @@ func relayHalf(dst, src net.Conn) (int64, error) {
 // io.WriterTo too (splice, or a generic 32 KiB copy). An io.ReaderFrom on
 // the destination is not used: the host's would pick its generic copy,
 // and the guest side has none worth taking (stack/tcpconn.go). A host
-// source is read with raw reads (hostReader).
+// source is read with raw reads (hostIO).
 func copyConn(dst, src net.Conn) (int64, error) {
 	_, dstHost := dst.(*net.TCPConn)
 	srcHost, _ := src.(*net.TCPConn)
@@ -126,7 +126,7 @@ func copyConn(dst, src net.Conn) (int64, error) {
 		return wt.WriteTo(dst)
 	}
 	if srcHost != nil {
-		if r, err := newHostReader(srcHost); err == nil {
+		if r, err := newHostIO(srcHost, true); err == nil {
 			return copyGrowing(dst, r)
 		}
 	}

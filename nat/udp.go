@@ -2,6 +2,7 @@ package nat
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"syscall"
@@ -36,6 +37,9 @@ type udpFlow struct {
 	key   flowKey
 	guest net.Conn
 	host  net.Conn
+	// hostRW is host, read and written with raw syscalls (hostIO) when
+	// it is a kernel socket.
+	hostRW io.ReadWriter
 }
 
 // close closes whichever sockets the flow has.
@@ -93,7 +97,12 @@ func (o *Outbound) handleUDP(src, dst netip.AddrPort, r udpRequest) {
 	}
 
 	o.mu.Lock()
-	f.guest, f.host = guest, host
+	f.guest, f.host, f.hostRW = guest, host, host
+	if sc, ok := host.(syscall.Conn); ok {
+		if h, err := newHostIO(sc, false); err == nil {
+			f.hostRW = h
+		}
+	}
 	if cur, ok := o.udp.get(f.key); o.closed || !ok || cur != f {
 		// Expired or closed while we dialed.
 		o.mu.Unlock()
@@ -131,7 +140,7 @@ func (o *Outbound) udpGuestToHost(f *udpFlow) {
 		o.mu.Lock()
 		o.udp.sent(f.key, o.cfg.Clock())
 		o.mu.Unlock()
-		if _, err := f.host.Write(buf[:n]); err != nil {
+		if _, err := f.hostRW.Write(buf[:n]); err != nil {
 			switch {
 			case isClosed(err):
 				return
@@ -152,7 +161,7 @@ func (o *Outbound) udpHostToGuest(f *udpFlow) {
 	defer o.endFlow(f)
 	buf := make([]byte, udpMaxDatagram)
 	for {
-		n, err := f.host.Read(buf)
+		n, err := f.hostRW.Read(buf)
 		if err != nil {
 			if icmpReported(err) {
 				// A connected UDP socket reports ICMP errors for
