@@ -2,7 +2,6 @@ package stack
 
 import (
 	"io"
-	"os"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -57,13 +56,7 @@ func benchTAPTCP(b *testing.B, ep string, up bool) {
 	cfg := Config{Name: "bench", Addr: gwPrefix, TCP: h}
 	switch ep {
 	case "vnet", "vnet-direct":
-		var f *os.File
-		if err := inNetns(ns, func() (err error) {
-			f, err = CreateTAP("tap0", 1500)
-			return err
-		}); err != nil {
-			b.Fatalf("CreateTAP: %v", err)
-		}
+		f := createTAP(b, ns)
 		tap, err := NewTAP(f, nil)
 		if err != nil {
 			b.Fatalf("NewTAP: %v", err)

@@ -81,13 +81,7 @@ func TestTAPRejectsTUN(t *testing.T) {
 // gateway and moves TCP data both ways from the namespace's kernel.
 func TestTAPGateway(t *testing.T) {
 	ns := testNetns(t)
-	var f *os.File
-	if err := inNetns(ns, func() (err error) {
-		f, err = CreateTAP("tap0", 1500)
-		return err
-	}); err != nil {
-		t.Fatalf("CreateTAP: %v", err)
-	}
+	f := createTAP(t, ns)
 	ifr, _ := unix.NewIfreq("")
 	rc, _ := f.SyscallConn()
 	var ioctlErr error
@@ -228,6 +222,19 @@ func TestFdbasedGateway(t *testing.T) {
 	if got, err := io.ReadAll(c); err != nil || string(got) != "fdbased" {
 		t.Errorf("echo: %q, %v; want \"fdbased\"", got, err)
 	}
+}
+
+// createTAP creates the vnet TAP tap0 with MTU 1500 in the namespace ns.
+func createTAP(t testing.TB, ns string) *os.File {
+	t.Helper()
+	var f *os.File
+	if err := inNetns(ns, func() (err error) {
+		f, err = CreateTAP("tap0", 1500)
+		return err
+	}); err != nil {
+		t.Fatalf("CreateTAP: %v", err)
+	}
+	return f
 }
 
 // inNetns runs fn in the network namespace `ip netns add name` made.

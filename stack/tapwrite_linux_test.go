@@ -3,7 +3,6 @@ package stack
 import (
 	"encoding/binary"
 	"net"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -21,13 +20,7 @@ import (
 // intact.
 func TestTAPConcurrentWrites(t *testing.T) {
 	ns := testNetns(t)
-	var f *os.File
-	if err := inNetns(ns, func() (err error) {
-		f, err = CreateTAP("tap0", 1500)
-		return err
-	}); err != nil {
-		t.Fatalf("CreateTAP: %v", err)
-	}
+	f := createTAP(t, ns)
 	tap, err := NewTAP(f, nil)
 	if err != nil {
 		t.Fatalf("NewTAP: %v", err)
