@@ -335,44 +335,10 @@ while True:
 	t.Run("bulk transfers keep every byte", func(t *testing.T) {
 		h.fresh(t)
 		port := freePort(t)
-		h.website(t)
-		blobPath := filepath.Join(h.wwwDir(), "blob.bin")
-		if err := os.WriteFile(blobPath, testBlob(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		want := testBlobSum()
+		blobPath := h.blobSite(t)
 		h.runDetached(t, "--name", "src", "-p", fmt.Sprintf("%d:80", port), "/usr/bin/python3", "-m", "http.server", "80", "--bind", "0.0.0.0", "--directory", h.wwwDir())
 		h.runDetached(t, "--name", "dst", "sleep", "infinity")
-		srcIP := h.ipOf(t, "src")
-
-		// host -> sandbox through the published port
-		url := fmt.Sprintf("http://127.0.0.1:%d/blob.bin", port)
-		eventually(t, 60*time.Second, "GET "+url, func() error {
-			body, err := httpGetLarge(url)
-			if err != nil {
-				return err
-			}
-			if got := fmt.Sprintf("%x", sha256.Sum256(body)); got != want {
-				return fmt.Errorf("%d bytes with sha256 %s, want %d bytes with %s", len(body), got, len(testBlob()), want)
-			}
-			return nil
-		})
-		shaOf := func(what, script string) {
-			t.Helper()
-			out := h.ok(t, "exec", "dst", "sh", "-c", script)
-			if got := strings.Fields(out); len(got) == 0 || got[0] != want {
-				t.Errorf("%s: sha256 %q, want %s", what, out, want)
-			}
-		}
-		// sandbox -> sandbox across the switch (TAP to TAP)
-		shaOf("sandbox to sandbox", fmt.Sprintf("curl -sS --max-time 60 http://%s/blob.bin | sha256sum", srcIP))
-		// internet -> sandbox through outbound NAT
-		shaOf("download through NAT", fmt.Sprintf("curl -sS --max-time 60 http://%s:%d/blob | sha256sum", inetPeerIP, inetHTTP))
-		// sandbox -> internet through outbound NAT
-		out := h.ok(t, "exec", "dst", "curl", "-sS", "--max-time", "60", "--data-binary", "@"+blobPath, fmt.Sprintf("http://%s:%d/sink", inetPeerIP, inetHTTP))
-		if got, wantOut := strings.TrimSpace(out), fmt.Sprintf("%d %s", len(testBlob()), want); got != wantOut {
-			t.Errorf("upload through NAT: the server received %q, want %q", got, wantOut)
-		}
+		h.checkBulk(t, port, h.ipOf(t, "src"), blobPath)
 	})
 
 	t.Run("publish all exposed ports", func(t *testing.T) {
@@ -580,6 +546,52 @@ func (h *harness) website(t *testing.T) string {
 }
 
 func (h *harness) wwwDir() string { return filepath.Join(h.root, "www") }
+
+// blobSite puts the test website, with testBlob as blob.bin, in wwwDir and
+// returns the blob's path.
+func (h *harness) blobSite(t *testing.T) string {
+	t.Helper()
+	h.website(t)
+	blobPath := filepath.Join(h.wwwDir(), "blob.bin")
+	if err := os.WriteFile(blobPath, testBlob(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return blobPath
+}
+
+// checkBulk moves testBlob four ways and checks every byte by its hash:
+// from the host through the published port to the sandbox src (serving
+// blobSite at srcIP), from src to the sandbox dst across the switch (TAP
+// to TAP), and between dst and the test internet both ways through
+// outbound NAT.
+func (h *harness) checkBulk(t *testing.T, port int, srcIP, blobPath string) {
+	t.Helper()
+	want := testBlobSum()
+	url := fmt.Sprintf("http://127.0.0.1:%d/blob.bin", port)
+	eventually(t, 60*time.Second, "GET "+url, func() error {
+		body, err := httpGetLarge(url)
+		if err != nil {
+			return err
+		}
+		if got := fmt.Sprintf("%x", sha256.Sum256(body)); got != want {
+			return fmt.Errorf("%d bytes with sha256 %s, want %d bytes with %s", len(body), got, len(testBlob()), want)
+		}
+		return nil
+	})
+	shaOf := func(what, script string) {
+		t.Helper()
+		out := h.ok(t, "exec", "dst", "sh", "-c", script)
+		if got := strings.Fields(out); len(got) == 0 || got[0] != want {
+			t.Errorf("%s: sha256 %q, want %s", what, out, want)
+		}
+	}
+	shaOf("sandbox to sandbox", fmt.Sprintf("curl -sS --max-time 60 http://%s/blob.bin | sha256sum", srcIP))
+	shaOf("download through NAT", fmt.Sprintf("curl -sS --max-time 60 http://%s:%d/blob | sha256sum", inetPeerIP, inetHTTP))
+	out := h.ok(t, "exec", "dst", "curl", "-sS", "--max-time", "60", "--data-binary", "@"+blobPath, fmt.Sprintf("http://%s:%d/sink", inetPeerIP, inetHTTP))
+	if got, wantOut := strings.TrimSpace(out), fmt.Sprintf("%d %s", len(testBlob()), want); got != wantOut {
+		t.Errorf("upload through NAT: the server received %q, want %q", got, wantOut)
+	}
+}
 
 func hashFiles(t *testing.T, paths ...string) map[string]string {
 	t.Helper()

@@ -1,18 +1,14 @@
 package e2e
 
 import (
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -107,12 +103,7 @@ func TestUserNetworks(t *testing.T) {
 			t.Errorf("network ls does not list jumbo: %v", h.networkNames(t))
 		}
 		port := freePort(t)
-		h.website(t)
-		blobPath := filepath.Join(h.wwwDir(), "blob.bin")
-		if err := os.WriteFile(blobPath, testBlob(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		want := testBlobSum()
+		blobPath := h.blobSite(t)
 		srcID := h.runDetached(t, "--name", "src", "--network", "jumbo", "-p", fmt.Sprintf("%d:80", port),
 			"/usr/bin/python3", "-m", "http.server", "80", "--bind", "0.0.0.0", "--directory", h.wwwDir())
 		h.runDetached(t, "--name", "dst", "--network", "jumbo", "--dns", inetPeerIP, "sleep", "infinity")
@@ -149,31 +140,7 @@ func TestUserNetworks(t *testing.T) {
 		h.ok(t, "exec", "src", "ping", "-c1", "-W2", "10.89.0.3")
 		h.ok(t, "exec", "dst", "ping", "-c1", "-W2", "-M", "do", "-s", "65492", "10.89.0.1")
 
-		// host -> sandbox through the published port
-		url := fmt.Sprintf("http://127.0.0.1:%d/blob.bin", port)
-		eventually(t, 60*time.Second, "GET "+url, func() error {
-			body, err := httpGetLarge(url)
-			if err != nil {
-				return err
-			}
-			if got := fmt.Sprintf("%x", sha256.Sum256(body)); got != want {
-				return fmt.Errorf("%d bytes with sha256 %s, want %s", len(body), got, want)
-			}
-			return nil
-		})
-		shaOf := func(what, script string) {
-			t.Helper()
-			out := h.ok(t, "exec", "dst", "sh", "-c", script)
-			if got := strings.Fields(out); len(got) == 0 || got[0] != want {
-				t.Errorf("%s: sha256 %q, want %s", what, out, want)
-			}
-		}
-		shaOf("sandbox to sandbox", "curl -sS --max-time 60 http://10.89.0.2/blob.bin | sha256sum")
-		shaOf("download through NAT", fmt.Sprintf("curl -sS --max-time 60 http://%s:%d/blob | sha256sum", inetPeerIP, inetHTTP))
-		out := h.ok(t, "exec", "dst", "curl", "-sS", "--max-time", "60", "--data-binary", "@"+blobPath, fmt.Sprintf("http://%s:%d/sink", inetPeerIP, inetHTTP))
-		if got, wantOut := strings.TrimSpace(out), fmt.Sprintf("%d %s", len(testBlob()), want); got != wantOut {
-			t.Errorf("upload through NAT: the server received %q, want %q", got, wantOut)
-		}
+		h.checkBulk(t, port, "10.89.0.2", blobPath)
 		// The host's loopback through the gateway.
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "host here") }))
 		defer srv.Close()
