@@ -269,6 +269,11 @@ func (f *Forwards) listen(m Mapping) (*published, error) {
 			return nil, listenError(m, err)
 		}
 		p.pc, local = pc.(*net.UDPConn), pc.LocalAddr()
+		if p.rx, err = newHostPacketConn(p.pc); err != nil {
+			p.pc.Close()
+			p.cancel()
+			return nil, fmt.Errorf("publish %s/%s: %w", m.hostAddr(), m.Proto, err)
+		}
 		p.flows = newFlowTable[*forwardFlow](forwardMaxUDPFlows)
 	}
 	switch a := local.(type) {
@@ -294,6 +299,8 @@ type published struct {
 	m  Mapping
 	ln net.Listener // tcp
 	pc *net.UDPConn // udp
+	// rx is pc, read and written with raw syscalls (hostPacketConn).
+	rx *hostPacketConn
 
 	ctx      context.Context // cancelled by close; bounds dials
 	cancel   context.CancelFunc
@@ -312,6 +319,7 @@ type forwardFlow struct {
 	key    flowKey
 	client netip.AddrPort // as the listening socket reported it, for replies
 	conn   net.Conn
+	send   *rawOp // the replies' sendto state (hostPacketConn.WriteTo)
 }
 
 // start starts the listener's goroutines.
@@ -446,7 +454,7 @@ func (p *published) serveUDP() {
 	defer p.wg.Done()
 	buf := make([]byte, udpMaxDatagram)
 	for {
-		n, client, err := p.pc.ReadFromUDPAddrPort(buf)
+		n, client, err := p.rx.ReadFrom(buf)
 		if err != nil {
 			if isClosed(err) {
 				return
@@ -482,7 +490,7 @@ func (p *published) udpFlow(client netip.AddrPort) *forwardFlow {
 		p.f.limited.warn("nat: published udp dial failed", "mapping", p.m.String(), "client", client, "err", err)
 		return nil
 	}
-	fl = &forwardFlow{key: key, client: client, conn: conn}
+	fl = &forwardFlow{key: key, client: client, conn: conn, send: p.rx.newSendOp()}
 	p.mu.Lock()
 	err = errClosed
 	if !p.closed {
@@ -527,7 +535,7 @@ func (p *published) udpReplies(fl *forwardFlow) {
 		p.mu.Lock()
 		p.flows.received(fl.key, p.f.clock())
 		p.mu.Unlock()
-		if _, err := p.pc.WriteToUDPAddrPort(buf[:n], fl.client); err != nil {
+		if _, err := p.rx.WriteTo(fl.send, buf[:n], fl.client); err != nil {
 			if isClosed(err) {
 				return
 			}

@@ -1,9 +1,14 @@
 package nat
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
+	"strconv"
 	"syscall"
 	"unsafe"
 
@@ -25,13 +30,18 @@ type hostIO struct {
 	rd, wr rawOp
 }
 
-// rawOp is the state of one Read or Write, for its poller callback.
+// rawOp is the state of one read, write, recvfrom or sendto, for its
+// poller callback.
 type rawOp struct {
-	trap uintptr // unix.SYS_READ or unix.SYS_WRITE
+	trap uintptr // unix.SYS_READ, SYS_WRITE, SYS_RECVFROM or SYS_SENDTO
 	fn   func(fd uintptr) bool
 	p    []byte
 	n    int
 	err  error
+
+	// The peer's address, for recvfrom (filled in) and sendto (read).
+	sa    unix.RawSockaddrAny
+	salen uint32
 }
 
 // newHostIO wraps c, a *net.TCPConn or a connected *net.UDPConn.
@@ -81,13 +91,16 @@ func (op *rawOp) do(p []byte, wait func(func(uintptr) bool) error) (int, error) 
 	case err != nil: // closed, or past the deadline
 		return 0, err
 	case oerr != nil:
-		name := "read"
-		if op.trap == unix.SYS_WRITE {
-			name = "write"
-		}
-		return 0, os.NewSyscallError(name, oerr)
+		return 0, os.NewSyscallError(syscallNames[op.trap], oerr)
 	}
 	return n, nil
+}
+
+var syscallNames = map[uintptr]string{
+	unix.SYS_READ:     "read",
+	unix.SYS_WRITE:    "write",
+	unix.SYS_RECVFROM: "recvfrom",
+	unix.SYS_SENDTO:   "sendto",
 }
 
 // ready is the poller callback: it reports false only to wait for the
@@ -98,7 +111,19 @@ func (op *rawOp) ready(fd uintptr) bool {
 		ptr = unsafe.Pointer(&op.p[0])
 	}
 	for {
-		n, _, errno := unix.RawSyscall(op.trap, fd, uintptr(ptr), uintptr(len(op.p)))
+		var n uintptr
+		var errno unix.Errno
+		switch op.trap {
+		case unix.SYS_RECVFROM:
+			op.salen = unix.SizeofSockaddrAny
+			n, _, errno = unix.RawSyscall6(op.trap, fd, uintptr(ptr), uintptr(len(op.p)), 0,
+				uintptr(unsafe.Pointer(&op.sa)), uintptr(unsafe.Pointer(&op.salen)))
+		case unix.SYS_SENDTO:
+			n, _, errno = unix.RawSyscall6(op.trap, fd, uintptr(ptr), uintptr(len(op.p)), 0,
+				uintptr(unsafe.Pointer(&op.sa)), uintptr(op.salen))
+		default:
+			n, _, errno = unix.RawSyscall(op.trap, fd, uintptr(ptr), uintptr(len(op.p)))
+		}
 		switch errno {
 		case 0:
 			op.n = int(n)
@@ -111,4 +136,112 @@ func (op *rawOp) ready(fd uintptr) bool {
 			return true
 		}
 	}
+}
+
+// hostPacketConn is a host UDP socket shared by many peers (a published
+// UDP port's listener), read with raw recvfrom(2) by one goroutine and
+// written with raw sendto(2) by many, each through a rawOp of its own
+// (newSendOp). See hostIO for why raw.
+type hostPacketConn struct {
+	rc syscall.RawConn
+	v6 bool // AF_INET6: addresses go out as sockaddr_in6, IPv4 ones mapped
+	rd rawOp
+}
+
+func newHostPacketConn(c *net.UDPConn) (*hostPacketConn, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("host socket: %w", err)
+	}
+	h := &hostPacketConn{rc: rc}
+	var sa unix.Sockaddr
+	if cerr := rc.Control(func(fd uintptr) { sa, err = unix.Getsockname(int(fd)) }); cerr != nil {
+		return nil, fmt.Errorf("host socket: %w", cerr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("host socket: getsockname: %w", err)
+	}
+	_, h.v6 = sa.(*unix.SockaddrInet6)
+	h.rd.trap, h.rd.fn = unix.SYS_RECVFROM, h.rd.ready
+	return h, nil
+}
+
+// ReadFrom reads one datagram into p and reports who sent it, as
+// net.UDPConn.ReadFromUDPAddrPort does (IPv4 peers of an IPv6 socket come
+// as mapped addresses).
+func (h *hostPacketConn) ReadFrom(p []byte) (int, netip.AddrPort, error) {
+	if len(p) == 0 {
+		return 0, netip.AddrPort{}, errors.New("recvfrom: empty buffer")
+	}
+	n, err := h.rd.do(p, h.rc.Read)
+	if err != nil {
+		return 0, netip.AddrPort{}, err
+	}
+	return n, decodeSockaddr(&h.rd.sa), nil
+}
+
+// newSendOp returns the state for one writer's WriteTo calls.
+func (h *hostPacketConn) newSendOp() *rawOp {
+	op := &rawOp{trap: unix.SYS_SENDTO}
+	op.fn = op.ready
+	return op
+}
+
+// WriteTo sends p to the peer to, using op (from newSendOp), which must
+// not be used by another goroutine at the same time.
+func (h *hostPacketConn) WriteTo(op *rawOp, p []byte, to netip.AddrPort) (int, error) {
+	if !h.v6 && !to.Addr().Unmap().Is4() {
+		return 0, os.NewSyscallError("sendto", unix.EAFNOSUPPORT)
+	}
+	op.salen = encodeSockaddr(&op.sa, to, h.v6)
+	return op.do(p, h.rc.Write)
+}
+
+// decodeSockaddr reads an AF_INET or AF_INET6 address; anything else is
+// the zero AddrPort.
+func decodeSockaddr(sa *unix.RawSockaddrAny) netip.AddrPort {
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		in := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(in.Addr), networkPort(in.Port))
+	case unix.AF_INET6:
+		in := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
+		addr := netip.AddrFrom16(in.Addr)
+		if in.Scope_id != 0 {
+			// A link-local peer: keep its interface, by index, for the
+			// reply (encodeSockaddr reads it back).
+			addr = addr.WithZone(strconv.FormatUint(uint64(in.Scope_id), 10))
+		}
+		return netip.AddrPortFrom(addr, networkPort(in.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// encodeSockaddr writes to into sa as the socket's family expects (an
+// IPv4 socket takes only IPv4 addresses) and returns its length.
+func encodeSockaddr(sa *unix.RawSockaddrAny, to netip.AddrPort, v6 bool) uint32 {
+	*sa = unix.RawSockaddrAny{}
+	if !v6 {
+		in := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		in.Family = unix.AF_INET
+		in.Addr = to.Addr().Unmap().As4()
+		in.Port = networkPort(to.Port())
+		return unix.SizeofSockaddrInet4
+	}
+	in := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
+	in.Family = unix.AF_INET6
+	in.Addr = to.Addr().As16()
+	in.Port = networkPort(to.Port())
+	if id, err := strconv.ParseUint(to.Addr().Zone(), 10, 32); err == nil {
+		in.Scope_id = uint32(id)
+	}
+	return unix.SizeofSockaddrInet6
+}
+
+// networkPort converts a port between host and network byte order (the
+// same swap both ways), as sockaddr's Port field holds it.
+func networkPort(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return *(*uint16)(unsafe.Pointer(&b[0]))
 }
