@@ -223,6 +223,7 @@ func TestBridge(t *testing.T) {
 			}
 			return nil
 		})
+		h.checkDirect(t, "web")
 	})
 
 	t.Run("several sandboxes publish ports", func(t *testing.T) {
@@ -293,6 +294,7 @@ func TestBridge(t *testing.T) {
 			}
 			return nil
 		})
+		h.checkDirect(t, "web")
 	})
 
 	t.Run("publish UDP port", func(t *testing.T) {
@@ -591,6 +593,35 @@ func (h *harness) checkBulk(t *testing.T, port int, srcIP, blobPath string) {
 	if got, wantOut := strings.TrimSpace(out), fmt.Sprintf("%d %s", len(testBlob()), want); got != wantOut {
 		t.Errorf("upload through NAT: the server received %q, want %q", got, wantOut)
 	}
+}
+
+// checkDirect checks that published connections reached the sandbox
+// directly (nat/direct.go), not through the gateway: the socket that
+// carries one is opened inside the sandbox, so its kernel counts active
+// opens, which a server that dials nothing has none of otherwise.
+func (h *harness) checkDirect(t *testing.T, name string) {
+	t.Helper()
+	snmp := h.ok(t, "exec", name, "cat", "/proc/net/snmp")
+	var header []string
+	for _, line := range strings.Split(snmp, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if header == nil {
+			header = f
+			continue
+		}
+		for i, k := range header {
+			if k == "ActiveOpens" && i < len(f) {
+				if f[i] == "0" {
+					t.Errorf("no TCP connection was opened inside %s: published connections went through the gateway, not directly", name)
+				}
+				return
+			}
+		}
+	}
+	t.Errorf("no Tcp ActiveOpens in %s's /proc/net/snmp:\n%s", name, snmp)
 }
 
 func hashFiles(t *testing.T, paths ...string) map[string]string {

@@ -75,7 +75,7 @@ func newNetBridge(s bridgeSpec) (bridge, error) {
 }
 
 // Attach implements bridge.
-func (b *netBridge) Attach(name string, tap *os.File, mac [6]byte, ip netip.Addr) (func(), error) {
+func (b *netBridge) Attach(name string, tap *os.File, mac [6]byte, ip netip.Addr, direct nat.SocketSource) (func(), error) {
 	t, err := stack.NewTAP(tap, b.log) // closes tap on error
 	if err != nil {
 		return nil, err
@@ -94,7 +94,14 @@ func (b *netBridge) Attach(name string, tap *os.File, mac [6]byte, ip netip.Addr
 		t.Close()
 		return nil, err
 	}
-	return att.Detach, nil
+	if direct == nil || b.fwd == nil {
+		return att.Detach, nil
+	}
+	undirect := b.fwd.Direct(ip, direct)
+	return func() {
+		undirect()
+		att.Detach()
+	}, nil
 }
 
 // errInternal refuses published ports on an internal network; Run

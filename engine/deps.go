@@ -7,6 +7,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/usernet/usernet/nat"
 )
 
 // The engine reaches the data-path packages (sandbox, switch, stack, nat)
@@ -76,6 +78,9 @@ type sandboxProcess interface {
 	Close() error
 	// Pid is the host pid of the sandbox's first process (its agent).
 	Pid() int
+	// DirectSockets returns sockets made inside the sandbox's network
+	// namespace for its published ports (nat.SocketSource).
+	DirectSockets(ctx context.Context, n int) ([]*os.File, error)
 	Exec(cfg ExecConfig) (execProcess, error)
 }
 
@@ -105,9 +110,11 @@ type bridgeSpec struct {
 // gateway with outbound NAT, and the published-port listeners.
 type bridge interface {
 	// Attach makes tap a switch port bound to mac and ip. It takes
-	// ownership of tap, closing it on failure too. The returned detach
-	// removes the port and closes the TAP.
-	Attach(name string, tap *os.File, mac [6]byte, ip netip.Addr) (detach func(), err error)
+	// ownership of tap, closing it on failure too. Published TCP ports to
+	// ip use sockets from direct, when not nil, instead of the gateway
+	// (nat.Forwards.Direct). The returned detach removes the port, stops
+	// using direct and closes the TAP.
+	Attach(name string, tap *os.File, mac [6]byte, ip netip.Addr, direct nat.SocketSource) (detach func(), err error)
 	// Publish starts forwarding m's host address to target inside the
 	// network and returns m with the host port filled in.
 	Publish(m PortMapping, target netip.AddrPort) (PortMapping, error)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/usernet/usernet/nat"
 )
 
 // Fakes for the engine's deps (deps.go): they record what the engine asked
@@ -122,6 +124,10 @@ type fakeProc struct {
 func (p *fakeProc) TAP() *os.File { return p.tap }
 func (p *fakeProc) Pid() int      { return p.pid }
 
+func (p *fakeProc) DirectSockets(context.Context, int) ([]*os.File, error) {
+	return nil, errors.New("fake: no direct sockets")
+}
+
 func (p *fakeProc) Wait() (int, error) {
 	<-p.done
 	return p.code, nil
@@ -207,7 +213,7 @@ func newFakeBridge() *fakeBridge {
 	return &fakeBridge{attached: make(map[string]netip.Addr), listeners: make(map[PortMapping]net.Listener)}
 }
 
-func (b *fakeBridge) Attach(name string, tap *os.File, mac [6]byte, ip netip.Addr) (func(), error) {
+func (b *fakeBridge) Attach(name string, tap *os.File, mac [6]byte, ip netip.Addr, direct nat.SocketSource) (func(), error) {
 	tap.Close()
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -219,6 +225,9 @@ func (b *fakeBridge) Attach(name string, tap *os.File, mac [6]byte, ip netip.Add
 	}
 	if mac != macFor(ip) {
 		return nil, errors.New("fake: MAC does not match address")
+	}
+	if direct == nil {
+		return nil, errors.New("fake: sandbox attached without its direct sockets")
 	}
 	b.attached[name] = ip
 	return func() {

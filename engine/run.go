@@ -325,7 +325,7 @@ func (e *Engine) run(ctx context.Context, cfg RunConfig) (id string, warnings []
 		if tap == nil {
 			return "", nil, fmt.Errorf("start sandbox %s: the sandbox sent no TAP device for eth0", name)
 		}
-		c.detach, err = net.br.Attach("tap:"+name, tap, macFor(addr), addr)
+		c.detach, err = net.br.Attach("tap:"+name, tap, macFor(addr), addr, proc.DirectSockets)
 		if err != nil {
 			return "", nil, fmt.Errorf("attach sandbox %s to network %s: %w", name, net.rec.Name, err)
 		}

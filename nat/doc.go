@@ -13,7 +13,10 @@
 //     one; nothing is ever answered on behalf of another host.
 //   - Forwards listens on host ports and carries each connection or UDP
 //     flow into the network through a Dialer (the *stack.Gateway), keeping
-//     the client's source address when it is not a loopback address.
+//     the client's source address when it is not a loopback address. A
+//     sandbox that lends sockets made inside its namespace (Direct,
+//     direct.go) gets its TCP connections without the gateway, spliced
+//     kernel socket to kernel socket, with the same source addresses.
 //
 // Both use the same relay (relay.go) and, for UDP, the same flow table
 // (flowtable.go). The flow table is a plain data structure driven by the

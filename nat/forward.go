@@ -120,6 +120,7 @@ type Forwards struct {
 	mu     sync.Mutex
 	closed bool
 	ports  map[portKey]*published
+	direct map[netip.Addr]*directPool // direct.go
 }
 
 type portKey struct {
@@ -149,7 +150,63 @@ func NewForwards(d Dialer, gateway netip.Addr, logger *slog.Logger) *Forwards {
 		limited: newLogLimiter(logger, time.Now),
 		clock:   time.Now,
 		ports:   make(map[portKey]*published),
+		direct:  make(map[netip.Addr]*directPool),
 	}
+}
+
+// Direct makes published TCP connections to addr, an IPv4 address of a
+// sandbox on the network, use sockets from src spliced to the client's
+// (direct.go) instead of the gateway, for as long as the sandbox has it;
+// remove undoes that and closes the sockets kept. A second Direct for the
+// same addr replaces the first.
+func (f *Forwards) Direct(addr netip.Addr, src SocketSource) (remove func()) {
+	addr = addr.Unmap()
+	pool := newDirectPool(addr, src, f.logger)
+	f.mu.Lock()
+	old := f.direct[addr]
+	f.direct[addr] = pool
+	warm := false
+	for _, p := range f.ports {
+		warm = warm || (p.m.Proto == "tcp" && p.m.Target.Addr() == addr)
+	}
+	f.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	if warm {
+		pool.warm()
+	}
+	return func() {
+		f.mu.Lock()
+		if f.direct[addr] == pool {
+			delete(f.direct, addr)
+		}
+		f.mu.Unlock()
+		pool.close()
+	}
+}
+
+// dialTCP opens the connection into the network for a published port:
+// directly when the target's sandbox gave sockets for it, through the
+// gateway otherwise or when a socket cannot take the source address.
+func (f *Forwards) dialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
+	f.mu.Lock()
+	pool := f.direct[dst.Addr()]
+	f.mu.Unlock()
+	if pool != nil && dst.Addr().Is4() {
+		if s := pool.take(); s != nil {
+			from := src
+			if !from.IsValid() {
+				from = netip.AddrPortFrom(f.gateway, 0)
+			}
+			c, err := dialDirect(ctx, s, from, dst)
+			if !errors.Is(err, errNoSource) {
+				return c, err
+			}
+			f.limited.warn("nat: direct published connection falls back to the gateway", "dst", dst, "err", err)
+		}
+	}
+	return f.dialer.DialTCP(ctx, src, dst)
 }
 
 // Add publishes m and returns it as published (with the chosen HostPort
@@ -183,6 +240,9 @@ func (f *Forwards) Add(m Mapping) (Mapping, error) {
 		return Mapping{}, err
 	}
 	f.ports[keyOf(p.m)] = p
+	if pool := f.direct[p.m.Target.Addr()]; pool != nil && p.m.Proto == "tcp" {
+		pool.warm()
+	}
 	p.start()
 	f.logger.Info("nat: published port", "mapping", p.m.String())
 	return p.m, nil
@@ -222,7 +282,7 @@ func (f *Forwards) List() []Mapping {
 	return out
 }
 
-// Close removes every mapping; Add fails afterwards.
+// Close removes every mapping and direct source; Add fails afterwards.
 func (f *Forwards) Close() {
 	f.mu.Lock()
 	f.closed = true
@@ -231,9 +291,17 @@ func (f *Forwards) Close() {
 		ports = append(ports, p)
 		delete(f.ports, k)
 	}
+	pools := make([]*directPool, 0, len(f.direct))
+	for a, pool := range f.direct {
+		pools = append(pools, pool)
+		delete(f.direct, a)
+	}
 	f.mu.Unlock()
 	for _, p := range ports {
 		p.close()
+	}
+	for _, pool := range pools {
+		pool.close()
 	}
 }
 
@@ -423,7 +491,7 @@ func (p *published) forwardTCP(c net.Conn) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, forwardDialTimeout)
-	g, err := p.f.dialer.DialTCP(ctx, guestSource(client, p.m.Target, p.f.gateway, p.f.subnet), p.m.Target)
+	g, err := p.f.dialTCP(ctx, guestSource(client, p.m.Target, p.f.gateway, p.f.subnet), p.m.Target)
 	cancel()
 	p.inflight.release(client.Addr())
 	if err != nil {

@@ -8,14 +8,17 @@ import (
 )
 
 // The relay joins two stream connections, one from the guest side (a gonet
-// connection from the gateway) and one from the host side (a kernel socket).
-// It is the only copy loop in the package: outbound NAT and published ports
-// both use it.
+// connection from the gateway, or a direct socket inside a sandbox,
+// direct.go) and one from the host side (a kernel socket). It is the only
+// copy loop in the package: outbound NAT and published ports both use it.
 //
 //  1. Two copy loops run, one per direction; the caller's goroutine runs one
 //     of them, so a relay costs one extra goroutine, taken from the
 //     reused workers (workers.go).
-//  2. From a guest connection to a host TCP socket the guest side copies
+//  2. Between two kernel sockets (a direct published port) each loop is
+//     splice(2) through a pipe (TCPConn.ReadFrom): the bytes never enter
+//     our memory.
+//  3. From a guest connection to a host TCP socket the guest side copies
 //     by itself (the gateway's connections implement io.WriterTo): bytes
 //     go straight from netstack's buffers into the kernel, one copy per
 //     byte instead of two through a buffer of ours (NETSTACK.md R3;
@@ -25,13 +28,13 @@ import (
 //     transfers get large buffers (fewer syscalls and netstack passes per
 //     byte), short request/response flows stay cheap. Both sizes come from
 //     process-wide pools shared by every network.
-//  3. A loop that reads EOF half-closes the other side (CloseWrite) and
+//  4. A loop that reads EOF half-closes the other side (CloseWrite) and
 //     stops; the other direction keeps going, so a guest that shuts down
 //     its sending side still receives the answer.
-//  4. A loop that fails (reset, write error) closes both connections, which
+//  5. A loop that fails (reset, write error) closes both connections, which
 //     ends the other loop at once; a host socket is closed with a reset so
 //     the peer does not mistake the truncated stream for a complete one.
-//  5. When both loops are done both connections are closed.
+//  6. When both loops are done both connections are closed.
 
 const (
 	relaySmallBuf  = 32 << 10
@@ -113,15 +116,21 @@ func relayHalf(dst, src net.Conn) (int64, error) {
 	return n, err
 }
 
-// copyConn is step 2. The guest side is told apart from the host side as
-// the connection that is not a *net.TCPConn, since a *net.TCPConn is an
-// io.WriterTo too (splice, or a generic 32 KiB copy). An io.ReaderFrom on
-// the destination is not used: the host's would pick its generic copy,
-// and the guest side has none worth taking (stack/tcpconn.go). A host
-// source is read with raw reads (hostIO).
+// copyConn is steps 2 and 3. Two *net.TCPConns are spliced. Otherwise the
+// guest side is told apart from the host side as the connection that is
+// not a *net.TCPConn, since a *net.TCPConn is an io.WriterTo too (splice,
+// or a generic 32 KiB copy). An io.ReaderFrom on a gateway connection is
+// not used: the host's would pick its generic copy, and the guest side
+// has none worth taking (stack/tcpconn.go). A host source is read with
+// raw reads (hostIO).
 func copyConn(dst, src net.Conn) (int64, error) {
-	_, dstHost := dst.(*net.TCPConn)
+	dstTCP, dstHost := dst.(*net.TCPConn)
 	srcHost, _ := src.(*net.TCPConn)
+	if dstHost && srcHost != nil {
+		// Kernel socket to kernel socket (a direct published port,
+		// direct.go): splice, so the bytes never enter our memory.
+		return dstTCP.ReadFrom(srcHost)
+	}
 	if wt, ok := src.(io.WriterTo); ok && dstHost && srcHost == nil {
 		return wt.WriteTo(dst)
 	}

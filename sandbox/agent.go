@@ -69,6 +69,8 @@ type agent struct {
 	ttys map[int]*ptyRelay
 	// devpts reports whether the agent has mounted a devpts of its own.
 	devpts bool
+	// directReady: the routing for direct sockets is set up (direct.go).
+	directReady bool
 	// draining counts exec exit reports waiting for their pty to drain
 	// on goroutines of their own; the main command's report, which must
 	// be the last message, waits for them.
@@ -238,6 +240,14 @@ func (a *agent) serve(req request) {
 		}
 		a.reply(&message{Kind: kindTAP, ID: m.ID}, tap)
 		tap.Close() // the daemon's copy is now the only one
+	case kindDirect:
+		socks, err := a.directSockets(m.Count)
+		if err != nil {
+			a.reply(&message{Kind: kindFailed, ID: m.ID, Error: toWire(err, false)})
+			return
+		}
+		a.reply(&message{Kind: kindSockets, ID: m.ID}, socks...)
+		closeFiles(socks) // the daemon's copies are now the only ones
 	case kindSignal:
 		for pid, id := range a.procs {
 			if id == m.ID {

@@ -29,7 +29,10 @@ import (
 //  5. daemon -> agent  connect {ID n, Iface}       (a further network)
 //     agent -> daemon  tap     {ID n}              fds: the new TAP
 //     or               failed  {ID n, Error}
-//  6. agent -> daemon  exit    {ID, Code}          once per started process; ID 0 last,
+//  6. daemon -> agent  direct  {ID n, Count k}     (sockets for published ports, direct.go)
+//     agent -> daemon  sockets {ID n}              fds: 1..k prepared TCP sockets
+//     or               failed  {ID n, Error}
+//  7. agent -> daemon  exit    {ID, Code}          once per started process; ID 0 last,
 //     after which the agent exits and the socket reads EOF.
 //
 // The agent shares a user namespace with the command, which is root there
@@ -42,8 +45,9 @@ import (
 // unprivileged process cannot raise it), so stay well below.
 const maxMessage = 64 << 10
 
-// maxFDs bounds the fds one message may carry.
-const maxFDs = 3
+// maxFDs bounds the fds one message may carry: a batch of direct
+// sockets is the most.
+const maxFDs = maxDirectBatch
 
 const (
 	kindConfig  = "config"
@@ -54,6 +58,8 @@ const (
 	kindExit    = "exit"
 	kindConnect = "connect"
 	kindTAP     = "tap"
+	kindDirect  = "direct"
+	kindSockets = "sockets"
 )
 
 // message is the single wire type; Kind says which fields matter.
@@ -66,6 +72,7 @@ type message struct {
 	Signal   int          `json:"signal,omitempty"`
 	Pid      int          `json:"pid,omitempty"`
 	Code     int          `json:"code,omitempty"`
+	Count    int          `json:"count,omitempty"`
 	Error    *wireError   `json:"error,omitempty"`
 	Warnings []string     `json:"warnings,omitempty"`
 }
@@ -312,6 +319,15 @@ func decodeMessage(b []byte, nfds int) (*message, error) {
 			return nil, errors.New("tap message without an ID")
 		}
 		want = 1
+	case kindDirect:
+		if m.ID == 0 || m.Count < 1 || m.Count > maxDirectBatch {
+			return nil, fmt.Errorf("direct message with ID %d and count %d", m.ID, m.Count)
+		}
+	case kindSockets:
+		if m.ID == 0 || nfds < 1 {
+			return nil, errors.New("sockets message without an ID or sockets")
+		}
+		want = nfds // parseRights has bounded it
 	case kindFailed:
 		if m.Error == nil {
 			return nil, errors.New("failed message without an error")

@@ -52,6 +52,46 @@ func (r *rtnl) addDefaultRoute(index int, gw netip.Addr) error {
 	return r.do(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, routeRequest(index, gw))
 }
 
+// addMarkRule adds the IPv4 policy rule "pref pref fwmark mark lookup
+// table".
+func (r *rtnl) addMarkRule(mark, table, pref uint32) error {
+	return r.do(unix.RTM_NEWRULE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ruleRequest(mark, table, pref))
+}
+
+// addLocalDefault adds "local 0.0.0.0/0 dev <index> table <table>": every
+// destination looked up in table is delivered locally.
+func (r *rtnl) addLocalDefault(index int, table uint32) error {
+	return r.do(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, localRouteRequest(index, table))
+}
+
+// ruleRequest is the body of an RTM_NEWRULE: struct fib_rule_hdr (12
+// bytes: IPv4, action "to table", no flags), then FRA_PRIORITY, FRA_FWMARK, FRA_FWMASK (all
+// bits) and FRA_TABLE.
+func ruleRequest(mark, table, pref uint32) []byte {
+	b := make([]byte, 12)
+	b[0] = unix.AF_INET
+	b[7] = unix.FR_ACT_TO_TBL
+	b = appendAttr(b, unix.FRA_PRIORITY, ne.AppendUint32(nil, pref))
+	b = appendAttr(b, unix.FRA_FWMARK, ne.AppendUint32(nil, mark))
+	b = appendAttr(b, unix.FRA_FWMASK, ne.AppendUint32(nil, ^uint32(0)))
+	b = appendAttr(b, unix.FRA_TABLE, ne.AppendUint32(nil, table))
+	return b
+}
+
+// localRouteRequest is the body of an RTM_NEWROUTE for an IPv4 default
+// route of type local (host scope) in table, out of the link.
+func localRouteRequest(index int, table uint32) []byte {
+	b := make([]byte, unix.SizeofRtMsg)
+	b[0] = unix.AF_INET
+	b[4] = unix.RT_TABLE_UNSPEC // RTA_TABLE names it
+	b[5] = unix.RTPROT_BOOT
+	b[6] = unix.RT_SCOPE_HOST
+	b[7] = unix.RTN_LOCAL
+	b = appendAttr(b, unix.RTA_TABLE, ne.AppendUint32(nil, table))
+	b = appendAttr(b, unix.RTA_OIF, ne.AppendUint32(nil, uint32(index)))
+	return b
+}
+
 // linkRequest is the body of an RTM_NEWLINK that changes an existing link:
 // struct ifinfomsg, then IFLA_ADDRESS and IFLA_MTU.
 func linkRequest(index int, mac []byte, mtu int) []byte {

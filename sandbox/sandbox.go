@@ -59,21 +59,24 @@ type Sandbox struct {
 
 	// mu guards the fields below; it is never held while writing to ctl.
 	mu       sync.Mutex
-	procs    map[uint64]*Process     // started or starting, not yet exited
-	connects map[uint64]*connectWait // Connect requests awaiting their TAP
-	nextID   uint64                  // shared by processes and connects
+	procs    map[uint64]*Process // started or starting, not yet exited
+	requests map[uint64]*pending // Connect and DirectSockets requests awaiting their answer
+	nextID   uint64              // shared by processes and requests
 	killed   bool
 	gone     bool // the control channel has closed: no more requests
 }
 
-// connectWait is one Connect request in flight.
-type connectWait struct {
-	name string        // the device asked for
-	done chan struct{} // closed once tap or err is set
-	tap  *os.File
-	err  error
-	// abandoned: Connect gave up (its ctx ended); the TAP, when it comes,
-	// is closed instead of delivered.
+// pending is one request to the agent in flight that is answered with
+// fds: Connect (a TAP) or DirectSockets (sockets).
+type pending struct {
+	op    string                 // "sandbox connect", for errors
+	reply string                 // the message kind that answers it
+	check func(f *os.File) error // vets each fd the answer carries
+	done  chan struct{}          // closed once files or err is set
+	files []*os.File
+	err   error
+	// abandoned: the caller gave up (its ctx ended); the fds, when they
+	// come, are closed instead of delivered.
 	abandoned bool
 }
 
@@ -191,7 +194,7 @@ func newSandbox(agent *exec.Cmd, ctl *net.UnixConn, logger *slog.Logger, mode Ne
 		netMode:  mode,
 		exited:   make(chan struct{}),
 		procs:    make(map[uint64]*Process),
-		connects: make(map[uint64]*connectWait),
+		requests: make(map[uint64]*pending),
 		nextID:   1,
 	}
 	if iface != nil {
@@ -273,9 +276,9 @@ func (s *Sandbox) readLoop() {
 	killed := s.killed
 	procs := s.procs
 	s.procs = nil
-	for id, w := range s.connects {
-		delete(s.connects, id)
-		w.err = fmt.Errorf("sandbox connect: %w", ErrExited)
+	for id, w := range s.requests {
+		delete(s.requests, id)
+		w.err = fmt.Errorf("%s: %w", w.op, ErrExited)
 		close(w.done)
 	}
 	s.mu.Unlock()
@@ -303,11 +306,11 @@ func (s *Sandbox) readLoop() {
 // An error means the agent broke the protocol.
 func (s *Sandbox) handle(m *message, files []*os.File) error {
 	s.mu.Lock()
-	w := s.connects[m.ID]
-	if w != nil && (m.Kind == kindTAP || m.Kind == kindFailed) {
-		delete(s.connects, m.ID)
+	w := s.requests[m.ID]
+	if w != nil && (m.Kind == w.reply || m.Kind == kindFailed) {
+		delete(s.requests, m.ID)
 		s.mu.Unlock()
-		return s.connected(w, m, files)
+		return s.answered(w, m, files)
 	}
 	p := s.procs[m.ID]
 	s.mu.Unlock()
@@ -368,24 +371,64 @@ func (s *Sandbox) checkMainTAP(files []*os.File) error {
 	return checkTAP(files[0], s.iface)
 }
 
-// connected settles a Connect request.
-func (s *Sandbox) connected(w *connectWait, m *message, files []*os.File) error {
+// answered settles a request with the agent's answer. Bad fds are a
+// broken protocol: the agent shares its user namespace with the command.
+func (s *Sandbox) answered(w *pending, m *message, files []*os.File) error {
 	if m.Kind == kindFailed {
-		w.err = fmt.Errorf("sandbox connect: %w", m.Error.err())
-	} else if err := checkTAP(files[0], w.name); err != nil {
 		closeFiles(files)
-		return err
+		w.err = fmt.Errorf("%s: %w", w.op, m.Error.err())
 	} else {
-		w.tap = files[0]
+		for _, f := range files {
+			if err := w.check(f); err != nil {
+				closeFiles(files)
+				return err
+			}
+		}
+		w.files = files
 	}
 	s.mu.Lock()
 	abandoned := w.abandoned
 	s.mu.Unlock()
-	if abandoned && w.tap != nil {
-		w.tap.Close()
+	if abandoned {
+		closeFiles(w.files)
+		w.files = nil
 	}
 	close(w.done)
 	return nil
+}
+
+// request sends m, which w answers, and waits for the answer or ctx.
+func (s *Sandbox) request(ctx context.Context, m *message, w *pending) ([]*os.File, error) {
+	w.done = make(chan struct{})
+	s.mu.Lock()
+	if s.gone {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("%s: %w", w.op, ErrExited)
+	}
+	m.ID = s.nextID
+	s.nextID++
+	s.requests[m.ID] = w
+	s.mu.Unlock()
+
+	if err := writeMessage(s.ctl, m); err != nil {
+		s.mu.Lock()
+		delete(s.requests, m.ID)
+		s.mu.Unlock()
+		return nil, fmt.Errorf("%s: %w", w.op, err)
+	}
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		_, pending := s.requests[m.ID]
+		w.abandoned = pending
+		s.mu.Unlock()
+		if pending {
+			return nil, fmt.Errorf("%s: %w", w.op, ctx.Err())
+		}
+		<-w.done // being settled right now
+	}
+	return w.files, w.err
 }
 
 // checkTAP verifies with TUNGETIFF that f is the vnet-header TAP called
@@ -499,36 +542,16 @@ func (s *Sandbox) Connect(ctx context.Context, iface Iface) (*os.File, error) {
 	if iface.MTU == 0 {
 		iface.MTU = 1500
 	}
-	s.mu.Lock()
-	if s.gone {
-		s.mu.Unlock()
-		return nil, fmt.Errorf("sandbox connect: %w", ErrExited)
+	name := iface.Name
+	files, err := s.request(ctx, &message{Kind: kindConnect, Iface: &iface}, &pending{
+		op:    "sandbox connect",
+		reply: kindTAP,
+		check: func(f *os.File) error { return checkTAP(f, name) },
+	})
+	if err != nil {
+		return nil, err
 	}
-	id := s.nextID
-	s.nextID++
-	w := &connectWait{name: iface.Name, done: make(chan struct{})}
-	s.connects[id] = w
-	s.mu.Unlock()
-
-	if err := writeMessage(s.ctl, &message{Kind: kindConnect, ID: id, Iface: &iface}); err != nil {
-		s.mu.Lock()
-		delete(s.connects, id)
-		s.mu.Unlock()
-		return nil, fmt.Errorf("sandbox connect: %w", err)
-	}
-	select {
-	case <-w.done:
-	case <-ctx.Done():
-		s.mu.Lock()
-		_, pending := s.connects[id]
-		w.abandoned = pending
-		s.mu.Unlock()
-		if pending {
-			return nil, fmt.Errorf("sandbox connect: %w", ctx.Err())
-		}
-		<-w.done // being settled right now
-	}
-	return w.tap, w.err
+	return files[0], nil
 }
 
 // Kill kills every process in the sandbox at once (SIGKILL to the agent,

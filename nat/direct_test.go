@@ -1,0 +1,272 @@
+package nat
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Direct published ports are tested on the host's loopback, where every
+// 127/8 address is local: plain sockets stand in for the sandbox's
+// transparent ones, and a 127/8 "gateway" address can be bound without
+// IP_TRANSPARENT. The sandbox's half (making the sockets, the routing
+// that brings replies back) is tested in the sandbox package and end to
+// end in e2e.
+
+// peerEcho serves TCP on loopback: to each client it writes the client's
+// address as it sees it and a newline, then echoes until EOF.
+func peerEcho(t *testing.T) netip.AddrPort {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.Write([]byte(c.RemoteAddr().String() + "\n"))
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// plainSockets is a SocketSource of ordinary IPv4 TCP sockets that
+// remembers what it gave out; fail makes it fail instead.
+type plainSockets struct {
+	fail error
+
+	mu    sync.Mutex
+	calls int
+	files []*os.File
+}
+
+func (s *plainSockets) get(ctx context.Context, n int) ([]*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	if s.fail != nil {
+		return nil, s.fail
+	}
+	var out []*os.File
+	for range n {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			closeAll(out)
+			return nil, err
+		}
+		out = append(out, os.NewFile(uintptr(fd), "plain-socket"))
+	}
+	s.files = append(s.files, out...)
+	return out, nil
+}
+
+func (s *plainSockets) callCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
+}
+
+// waitFill waits until addr's pool has asked its source and holds what it
+// got (or has given up), so a test's next connection meets a settled pool.
+func waitFill(t *testing.T, f *Forwards, addr netip.Addr, src *plainSockets) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		f.mu.Lock()
+		p := f.direct[addr]
+		f.mu.Unlock()
+		p.mu.Lock()
+		settled := !p.filling
+		p.mu.Unlock()
+		if settled && src.callCount() > 0 {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("the direct pool never filled")
+}
+
+// peerOf connects to the published port and returns the address the
+// server saw, with the connection positioned after that line.
+func peerOf(t *testing.T, port uint16) (string, net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, port).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		c.Close()
+		t.Fatalf("read the server's greeting: %v", err)
+	}
+	return strings.TrimSpace(line), c, r
+}
+
+func TestForwardsDirect(t *testing.T) {
+	checkGoroutines(t)
+	target := peerEcho(t)
+	d := &loopDialer{tcp: target}
+	gateway := netip.MustParseAddr("127.0.0.3")
+	f := NewForwards(d, gateway, testLogger(t))
+	defer f.Close()
+	src := &plainSockets{}
+	remove := f.Direct(target.Addr(), src.get)
+	m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFill(t, f, target.Addr(), src)
+
+	// A loopback client enters as the gateway, through a direct socket,
+	// and a few MiB pass both ways intact (spliced).
+	peer, c, r := peerOf(t, m.HostPort)
+	if !strings.HasPrefix(peer, "127.0.0.3:") {
+		t.Errorf("server saw %s, want the gateway 127.0.0.3", peer)
+	}
+	blob := make([]byte, 4<<20)
+	rand.Read(blob)
+	go func() {
+		c.Write(blob)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(r)
+	c.Close()
+	if err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("echo: %d bytes, %v; want the %d sent back", len(got), err, len(blob))
+	}
+	if s := d.sources(); len(s) != 0 {
+		t.Errorf("the gateway dialed %v; want no dials while direct sockets are there", s)
+	}
+
+	// Once removed, connections go through the gateway again, and every
+	// socket the pool held is closed.
+	remove()
+	peer, c, _ = peerOf(t, m.HostPort)
+	c.Close()
+	if !strings.HasPrefix(peer, "127.0.0.1:") || len(d.sources()) != 1 {
+		t.Errorf("after remove: server saw %s, gateway dials %v; want one dial through the gateway", peer, d.sources())
+	}
+	for _, f := range src.files {
+		if err := f.Close(); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("a pooled socket was still open after remove (Close = %v)", err)
+		}
+	}
+}
+
+// TestForwardsDirectFallback: when direct sockets cannot be had, or cannot
+// take the source address, connections still work through the gateway.
+func TestForwardsDirectFallback(t *testing.T) {
+	tests := []struct {
+		name    string
+		gateway string
+		fail    error
+	}{
+		{"source fails", "127.0.0.3", errors.New("agent gone (test)")},
+		// Without IP_TRANSPARENT a plain socket cannot bind an address
+		// the host does not have.
+		{"cannot bind", "192.0.2.1", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkGoroutines(t)
+			target := peerEcho(t)
+			d := &loopDialer{tcp: target}
+			f := NewForwards(d, netip.MustParseAddr(tt.gateway), testLogger(t))
+			defer f.Close()
+			src := &plainSockets{fail: tt.fail}
+			defer f.Direct(target.Addr(), src.get)()
+			m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: target})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFill(t, f, target.Addr(), src)
+			peer, c, _ := peerOf(t, m.HostPort)
+			c.Close()
+			if !strings.HasPrefix(peer, "127.0.0.1:") || len(d.sources()) != 1 {
+				t.Errorf("server saw %s, gateway dials %v; want one dial through the gateway", peer, d.sources())
+			}
+		})
+	}
+}
+
+// TestForwardsDirectRefused: a refused direct connection resets the
+// client, as a refused dial through the gateway does; it is not retried
+// through the gateway.
+func TestForwardsDirectRefused(t *testing.T) {
+	checkGoroutines(t)
+	target := netip.AddrPortFrom(lo, closedPort(t))
+	d := &loopDialer{tcp: peerEcho(t)}
+	f := NewForwards(d, netip.MustParseAddr("127.0.0.3"), testLogger(t))
+	defer f.Close()
+	src := &plainSockets{}
+	defer f.Direct(target.Addr(), src.get)()
+	m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFill(t, f, target.Addr(), src)
+	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, m.HostPort).String())
+	if err == nil {
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.ReadAll(c)
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client: %v, want connection reset", err)
+	}
+	if s := d.sources(); len(s) != 0 {
+		t.Errorf("the gateway dialed %v after a refused direct connection", s)
+	}
+}
+
+// TestDialDirectSource: a direct socket carries the exact source address
+// and port it is given (a client's own, kept).
+func TestDialDirectSource(t *testing.T) {
+	target := peerEcho(t)
+	src := &plainSockets{}
+	files, err := src.get(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.5"), closedPort(t))
+	c, err := dialDirect(context.Background(), files[0], from, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if got := strings.TrimSpace(line); err != nil || got != from.String() {
+		t.Errorf("server saw %q (%v), want %s", got, err, from)
+	}
+	if _, ok := c.(*net.TCPConn); !ok {
+		t.Errorf("dialDirect returned %T, want *net.TCPConn (the relay splices those)", c)
+	}
+}
