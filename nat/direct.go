@@ -145,9 +145,15 @@ func closeAll(files []*os.File) {
 var errNoSource = errors.New("direct socket cannot take the source address")
 
 // dialDirect binds f to src (port 0: one connect picks) and connects it
-// to dst, within ctx, returning it as a *net.TCPConn. f is consumed.
+// to dst, within ctx, returning it as a *directConn, which owns f. f is
+// closed on failure.
 func dialDirect(ctx context.Context, f *os.File, src, dst netip.AddrPort) (net.Conn, error) {
-	defer f.Close()
+	keep := false
+	defer func() {
+		if !keep {
+			f.Close()
+		}
+	}()
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errNoSource, err)
@@ -192,10 +198,11 @@ func dialDirect(ctx context.Context, f *os.File, src, dst netip.AddrPort) (net.C
 	if connErr != nil {
 		return nil, fmt.Errorf("connect %s from %s: %w", dst, src, connErr)
 	}
-	c, err := net.FileConn(f)
+	c, err := newDirectConn(f)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s from %s: %w", dst, src, err)
 	}
+	keep = true
 	return c, nil
 }
 

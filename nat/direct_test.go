@@ -266,7 +266,57 @@ func TestDialDirectSource(t *testing.T) {
 	if got := strings.TrimSpace(line); err != nil || got != from.String() {
 		t.Errorf("server saw %q (%v), want %s", got, err, from)
 	}
-	if _, ok := c.(*net.TCPConn); !ok {
-		t.Errorf("dialDirect returned %T, want *net.TCPConn (the relay splices those)", c)
+	if _, ok := c.(*directConn); !ok {
+		t.Errorf("dialDirect returned %T, want *directConn (the relay splices those)", c)
+	}
+	if got := c.RemoteAddr().String(); got != target.String() {
+		t.Errorf("RemoteAddr = %s, want %s", got, target)
+	}
+}
+
+// TestForwardsDirectReset: a service that resets its connection resets
+// the client's too, rather than ending it cleanly (the spliced relay
+// passes aborts on like the copying one).
+func TestForwardsDirectReset(t *testing.T) {
+	checkGoroutines(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Write([]byte("partial answer"))
+		io.ReadFull(c, make([]byte, 1))
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}()
+	target := ln.Addr().(*net.TCPAddr).AddrPort()
+	d := &loopDialer{tcp: target}
+	f := NewForwards(d, netip.MustParseAddr("127.0.0.3"), testLogger(t))
+	defer f.Close()
+	src := &plainSockets{}
+	defer f.Direct(target.Addr(), src.get)()
+	m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFill(t, f, target.Addr(), src)
+	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, m.HostPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte("x"))
+	_, err = io.ReadAll(c)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client: %v, want connection reset", err)
+	}
+	if s := d.sources(); len(s) != 0 {
+		t.Errorf("the gateway dialed %v; the test meant the direct path", s)
 	}
 }

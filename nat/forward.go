@@ -511,8 +511,8 @@ func (p *published) forwardTCP(c net.Conn) {
 // reset closes c with a RST, so the client sees the failure instead of a
 // connection that was accepted and then ended cleanly.
 func reset(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetLinger(0)
+	if l, ok := c.(lingerer); ok {
+		l.SetLinger(0)
 	}
 	c.Close()
 }

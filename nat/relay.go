@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 )
 
 // The relay joins two stream connections, one from the guest side (a gonet
@@ -15,9 +16,9 @@ import (
 //  1. Two copy loops run, one per direction; the caller's goroutine runs one
 //     of them, so a relay costs one extra goroutine, taken from the
 //     reused workers (workers.go).
-//  2. Between two kernel sockets (a direct published port) each loop is
-//     splice(2) through a pipe (TCPConn.ReadFrom): the bytes never enter
-//     our memory.
+//  2. Between a direct socket and the client's (a direct published port)
+//     each loop is splice(2) through a pipe (splice_linux.go): the bytes
+//     never enter our memory.
 //  3. From a guest connection to a host TCP socket the guest side copies
 //     by itself (the gateway's connections implement io.WriterTo): bytes
 //     go straight from netstack's buffers into the kernel, one copy per
@@ -52,6 +53,12 @@ var (
 // stack.TCPConn.
 type closeWriter interface {
 	CloseWrite() error
+}
+
+// lingerer is implemented by *net.TCPConn and *directConn: SetLinger(0)
+// makes Close send a reset.
+type lingerer interface {
+	SetLinger(sec int) error
 }
 
 // relayResult reports what a relay moved; errors are the first error that
@@ -101,8 +108,8 @@ func relayHalf(dst, src net.Conn) (int64, error) {
 		// as a reset where the socket allows it, rather than a FIN that
 		// would make a truncated stream look complete.
 		for _, c := range []net.Conn{dst, src} {
-			if tc, ok := c.(*net.TCPConn); ok {
-				tc.SetLinger(0)
+			if l, ok := c.(lingerer); ok {
+				l.SetLinger(0)
 			}
 		}
 	}
@@ -116,20 +123,20 @@ func relayHalf(dst, src net.Conn) (int64, error) {
 	return n, err
 }
 
-// copyConn is steps 2 and 3. Two *net.TCPConns are spliced. Otherwise the
-// guest side is told apart from the host side as the connection that is
+// copyConn is steps 2 and 3. A direct socket and a host socket are
+// spliced. Otherwise the guest side is told apart from the host side as the connection that is
 // not a *net.TCPConn, since a *net.TCPConn is an io.WriterTo too (splice,
 // or a generic 32 KiB copy). An io.ReaderFrom on a gateway connection is
 // not used: the host's would pick its generic copy, and the guest side
 // has none worth taking (stack/tcpconn.go). A host source is read with
 // raw reads (hostIO).
 func copyConn(dst, src net.Conn) (int64, error) {
-	dstTCP, dstHost := dst.(*net.TCPConn)
+	_, dstHost := dst.(*net.TCPConn)
 	srcHost, _ := src.(*net.TCPConn)
-	if dstHost && srcHost != nil {
-		// Kernel socket to kernel socket (a direct published port,
-		// direct.go): splice, so the bytes never enter our memory.
-		return dstTCP.ReadFrom(srcHost)
+	_, dstDirect := dst.(*directConn)
+	_, srcDirect := src.(*directConn)
+	if (dstHost && srcDirect) || (dstDirect && srcHost != nil) {
+		return spliceCopy(dst.(syscall.Conn), src.(syscall.Conn))
 	}
 	if wt, ok := src.(io.WriterTo); ok && dstHost && srcHost == nil {
 		return wt.WriteTo(dst)

@@ -203,20 +203,20 @@ func BenchmarkRelay(b *testing.B) {
 	<-done
 }
 
-// directConn stands in for a stack.TCPConn: a connection that is not a
+// copierConn stands in for a stack.TCPConn: a connection that is not a
 // *net.TCPConn and copies by itself. It records which of its copy methods
 // ran; it has a ReadFrom too, which copyConn must leave alone.
-type directConn struct {
+type copierConn struct {
 	net.Conn
 	used string
 }
 
-func (d *directConn) WriteTo(w io.Writer) (int64, error) {
+func (d *copierConn) WriteTo(w io.Writer) (int64, error) {
 	d.used = "WriteTo"
 	return io.Copy(w, struct{ io.Reader }{d.Conn})
 }
 
-func (d *directConn) ReadFrom(r io.Reader) (int64, error) {
+func (d *copierConn) ReadFrom(r io.Reader) (int64, error) {
 	d.used = "ReadFrom"
 	return io.Copy(struct{ io.Writer }{d.Conn}, r)
 }
@@ -228,7 +228,7 @@ func TestCopyConnPath(t *testing.T) {
 	tests := []struct {
 		name               string
 		guestSrc, guestDst bool
-		want               string // the directConn method that must run
+		want               string // the copierConn method that must run
 	}{
 		{name: "guest to host", guestSrc: true, want: "WriteTo"},
 		{name: "host to guest", guestDst: true},
@@ -240,13 +240,13 @@ func TestCopyConnPath(t *testing.T) {
 			feed, srcEnd := tcpPair(t)
 			dstEnd, out := tcpPair(t)
 			var src, dst net.Conn = srcEnd, dstEnd
-			var used []*directConn
+			var used []*copierConn
 			if tt.guestSrc {
-				d := &directConn{Conn: srcEnd}
+				d := &copierConn{Conn: srcEnd}
 				src, used = d, append(used, d)
 			}
 			if tt.guestDst {
-				d := &directConn{Conn: dstEnd}
+				d := &copierConn{Conn: dstEnd}
 				dst, used = d, append(used, d)
 			}
 			if _, err := feed.Write([]byte("payload")); err != nil {
