@@ -144,100 +144,51 @@ func closeAll(files []*os.File) {
 // gateway, which may still manage.
 var errNoSource = errors.New("direct socket cannot take the source address")
 
-// dialDirect binds f to src (port 0: one connect picks) and connects it
-// to dst, within ctx, returning it as a *directConn, which owns f. f is
-// closed on failure.
-func dialDirect(ctx context.Context, f *os.File, src, dst netip.AddrPort) (net.Conn, error) {
-	keep := false
-	defer func() {
-		if !keep {
-			f.Close()
-		}
-	}()
+// dialDirect binds f to src (port 0: connect picks one) and connects it
+// to dst, returning it as a *directConn, which owns f; f is closed on
+// failure. dst is the sandbox's own address, so connect runs the whole
+// handshake over the sandbox's loopback before it returns, and a refusal
+// is known at once; a handshake still under way (the service's kernel
+// busy elsewhere) finishes while the relay waits to read.
+func dialDirect(f *os.File, src, dst netip.AddrPort) (net.Conn, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
+		f.Close()
 		return nil, fmt.Errorf("%w: %w", errNoSource, err)
 	}
 	var bindErr, connErr error
 	if err := rc.Control(func(fd uintptr) {
 		s := int(fd)
-		// Another connection from the same client address and port (to
-		// another published port of this sandbox) may hold the address.
-		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-			bindErr = err
-			return
-		}
-		if src.Port() == 0 {
-			// Leave the port to connect, which may reuse one that other
-			// connections hold towards other destinations.
-			if err := unix.SetsockoptInt(s, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
-				bindErr = err
-				return
-			}
-		}
 		if err := unix.Bind(s, &unix.SockaddrInet4{Addr: src.Addr().As4(), Port: int(src.Port())}); err != nil {
 			bindErr = err
 			return
 		}
 		connErr = unix.Connect(s, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())})
+		if connErr == unix.EINPROGRESS {
+			connErr = nil
+			if v, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_ERROR); err != nil {
+				connErr = err
+			} else if v != 0 {
+				connErr = unix.Errno(v)
+			}
+		}
 	}); err != nil {
+		f.Close()
 		return nil, fmt.Errorf("%w: %w", errNoSource, err)
 	}
-	if bindErr != nil {
+	switch {
+	case bindErr != nil:
+		f.Close()
 		return nil, fmt.Errorf("%w to %s: %w", errNoSource, src, bindErr)
-	}
-	if errors.Is(connErr, unix.EINPROGRESS) {
-		connErr = waitConnected(ctx, f, rc)
-	}
-	if errors.Is(connErr, unix.EADDRNOTAVAIL) || errors.Is(connErr, unix.EADDRINUSE) {
+	case errors.Is(connErr, unix.EADDRNOTAVAIL), errors.Is(connErr, unix.EADDRINUSE):
 		// No port left for this source and destination, or the 4-tuple
 		// is still in TIME_WAIT from an earlier client with the same
 		// address and port.
+		f.Close()
 		return nil, fmt.Errorf("%w: connect %s from %s: %w", errNoSource, dst, src, connErr)
-	}
-	if connErr != nil {
+	case connErr != nil:
+		f.Close()
 		return nil, fmt.Errorf("connect %s from %s: %w", dst, src, connErr)
 	}
-	c, err := newDirectConn(f)
-	if err != nil {
-		return nil, fmt.Errorf("connect %s from %s: %w", dst, src, err)
-	}
-	keep = true
-	return c, nil
-}
-
-// waitConnected waits for a non-blocking connect to finish, or ctx.
-func waitConnected(ctx context.Context, f *os.File, rc interface {
-	Write(func(fd uintptr) bool) error
-}) error {
-	if d, ok := ctx.Deadline(); ok {
-		f.SetWriteDeadline(d)
-	}
-	stop := context.AfterFunc(ctx, func() { f.SetWriteDeadline(time.Unix(1, 0)) })
-	defer stop()
-	var soErr error
-	err := rc.Write(func(fd uintptr) bool {
-		v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
-		switch {
-		case err != nil:
-			soErr = err
-		case v == 0:
-			if _, err := unix.Getpeername(int(fd)); errors.Is(err, unix.ENOTCONN) {
-				return false // not yet: wait for writability
-			}
-			soErr = nil
-		case unix.Errno(v) == unix.EINPROGRESS || unix.Errno(v) == unix.EALREADY || unix.Errno(v) == unix.EINTR:
-			return false
-		default:
-			soErr = unix.Errno(v)
-		}
-		return true
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return err
-	}
-	return soErr
+	return &directConn{f: f, rc: rc, remote: net.TCPAddrFromAddrPort(dst)}, nil
 }

@@ -55,8 +55,10 @@ func peerEcho(t *testing.T) netip.AddrPort {
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
-// plainSockets is a SocketSource of ordinary IPv4 TCP sockets that
-// remembers what it gave out; fail makes it fail instead.
+// plainSockets is a SocketSource of IPv4 TCP sockets with the options the
+// agent sets that need no privilege (SO_REUSEADDR,
+// IP_BIND_ADDRESS_NO_PORT); it remembers what it gave out, and fail makes
+// it fail instead.
 type plainSockets struct {
 	fail error
 
@@ -79,6 +81,8 @@ func (s *plainSockets) get(ctx context.Context, n int) ([]*os.File, error) {
 			closeAll(out)
 			return nil, err
 		}
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
 		out = append(out, os.NewFile(uintptr(fd), "plain-socket"))
 	}
 	s.files = append(s.files, out...)
@@ -256,7 +260,7 @@ func TestDialDirectSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	from := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.5"), closedPort(t))
-	c, err := dialDirect(context.Background(), files[0], from, target)
+	c, err := dialDirect(files[0], from, target)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,6 +275,9 @@ func TestDialDirectSource(t *testing.T) {
 	}
 	if got := c.RemoteAddr().String(); got != target.String() {
 		t.Errorf("RemoteAddr = %s, want %s", got, target)
+	}
+	if got := c.LocalAddr().String(); got != from.String() {
+		t.Errorf("LocalAddr = %s, want %s", got, from)
 	}
 }
 

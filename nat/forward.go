@@ -199,7 +199,7 @@ func (f *Forwards) dialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Co
 			if !from.IsValid() {
 				from = netip.AddrPortFrom(f.gateway, 0)
 			}
-			c, err := dialDirect(ctx, s, from, dst)
+			c, err := dialDirect(s, from, dst)
 			if !errors.Is(err, errNoSource) {
 				return c, err
 			}

@@ -28,53 +28,31 @@ import (
 // directConn is a connected direct socket as a net.Conn. The relay splices
 // it; Read and Write exist for completeness and go through the file.
 type directConn struct {
-	f             *os.File
-	rc            syscall.RawConn
-	local, remote *net.TCPAddr
-}
-
-// newDirectConn wraps f, a connected, non-blocking TCP socket (pollable
-// *os.File); it owns f from then on.
-func newDirectConn(f *os.File) (*directConn, error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	c := &directConn{f: f, rc: rc}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		var la, ra unix.Sockaddr
-		if la, serr = unix.Getsockname(int(fd)); serr != nil {
-			return
-		}
-		if ra, serr = unix.Getpeername(int(fd)); serr != nil {
-			return
-		}
-		c.local, c.remote = tcpAddrOf(la), tcpAddrOf(ra)
-	}); err != nil {
-		return nil, err
-	}
-	if serr != nil {
-		return nil, serr
-	}
-	return c, nil
-}
-
-func tcpAddrOf(sa unix.Sockaddr) *net.TCPAddr {
-	if a, ok := sa.(*unix.SockaddrInet4); ok {
-		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
-	}
-	return &net.TCPAddr{}
+	f      *os.File
+	rc     syscall.RawConn
+	remote *net.TCPAddr
 }
 
 // SyscallConn returns the socket's raw conn, for splicing.
 func (c *directConn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
 
-func (c *directConn) Read(p []byte) (int, error)         { return c.f.Read(p) }
-func (c *directConn) Write(p []byte) (int, error)        { return c.f.Write(p) }
-func (c *directConn) Close() error                       { return c.f.Close() }
-func (c *directConn) LocalAddr() net.Addr                { return c.local }
-func (c *directConn) RemoteAddr() net.Addr               { return c.remote }
+func (c *directConn) Read(p []byte) (int, error)  { return c.f.Read(p) }
+func (c *directConn) Write(p []byte) (int, error) { return c.f.Write(p) }
+func (c *directConn) Close() error                { return c.f.Close() }
+func (c *directConn) RemoteAddr() net.Addr        { return c.remote }
+
+// LocalAddr asks the socket: the port may be one connect chose.
+func (c *directConn) LocalAddr() net.Addr {
+	a := &net.TCPAddr{}
+	c.rc.Control(func(fd uintptr) {
+		if sa, err := unix.Getsockname(int(fd)); err == nil {
+			if in4, ok := sa.(*unix.SockaddrInet4); ok {
+				a = &net.TCPAddr{IP: net.IP(in4.Addr[:]), Port: in4.Port}
+			}
+		}
+	})
+	return a
+}
 func (c *directConn) SetDeadline(t time.Time) error      { return c.f.SetDeadline(t) }
 func (c *directConn) SetReadDeadline(t time.Time) error  { return c.f.SetReadDeadline(t) }
 func (c *directConn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDeadline(t) }

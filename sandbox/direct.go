@@ -52,7 +52,8 @@ const (
 // DirectSockets asks the agent for n (1..32) sockets made inside the
 // sandbox's network namespace for published-port connections (see
 // direct.go): IPv4 TCP, non-blocking, unbound, with IP_TRANSPARENT and the
-// mark that routes replies back to them. The caller owns the files; it
+// mark that routes replies back to them, SO_REUSEADDR and
+// IP_BIND_ADDRESS_NO_PORT. The caller owns the files; it
 // may set more options, then bind and connect each once. The agent may
 // send fewer than n. It fails for a sandbox without its own network
 // (NetHost) and when the agent cannot set the routing up, which the
@@ -131,7 +132,11 @@ func (a *agent) directSockets(n int) ([]*os.File, error) {
 	return files, nil
 }
 
-// directSocket makes one socket with the options the daemon cannot set.
+// directSocket makes one socket with the options the daemon cannot set,
+// and two it could but would pay a syscall each for on every connection:
+// SO_REUSEADDR (a client's address and port may connect to two published
+// ports at once) and IP_BIND_ADDRESS_NO_PORT (a bind to port 0 leaves
+// the choice to connect, which may share ports across destinations).
 func directSocket() (*os.File, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if err != nil {
@@ -141,9 +146,18 @@ func directSocket() (*os.File, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("direct socket: IP_TRANSPARENT: %w", err)
 	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, directMark); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("direct socket: SO_MARK: %w", err)
+	for _, o := range []struct {
+		level, opt, value int
+		name              string
+	}{
+		{unix.SOL_SOCKET, unix.SO_MARK, directMark, "SO_MARK"},
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR"},
+		{unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1, "IP_BIND_ADDRESS_NO_PORT"},
+	} {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.value); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("direct socket: %s: %w", o.name, err)
+		}
 	}
 	return os.NewFile(uintptr(fd), "direct-socket"), nil
 }
