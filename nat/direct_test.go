@@ -115,6 +115,35 @@ func waitFill(t *testing.T, f *Forwards, addr netip.Addr, src *plainSockets) {
 	t.Fatal("the direct pool never filled")
 }
 
+// directRig is a Forwards publishing one TCP port to a target whose
+// address has direct sockets from src, with a loopDialer standing in for
+// the gateway.
+type directRig struct {
+	f      *Forwards
+	d      *loopDialer
+	port   uint16 // the published host port on 127.0.0.1
+	remove func() // what Direct returned
+}
+
+// newDirectRig publishes target with src lending sockets for its address,
+// the gateway at gateway and the stand-in dialing dialTo, and waits for the
+// pool's first fill. Everything is closed when the test ends.
+func newDirectRig(t *testing.T, target, dialTo netip.AddrPort, gateway string, src *plainSockets) *directRig {
+	t.Helper()
+	r := &directRig{d: &loopDialer{tcp: dialTo}}
+	r.f = NewForwards(r.d, netip.MustParseAddr(gateway), testLogger(t))
+	t.Cleanup(r.f.Close)
+	r.remove = r.f.Direct(target.Addr(), src.get)
+	t.Cleanup(r.remove)
+	m, err := r.f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.port = m.HostPort
+	waitFill(t, r.f, target.Addr(), src)
+	return r
+}
+
 // peerOf connects to the published port and returns the address the
 // server saw, with the connection positioned after that line.
 func peerOf(t *testing.T, port uint16) (string, net.Conn, *bufio.Reader) {
@@ -136,21 +165,12 @@ func peerOf(t *testing.T, port uint16) (string, net.Conn, *bufio.Reader) {
 func TestForwardsDirect(t *testing.T) {
 	checkGoroutines(t)
 	target := peerEcho(t)
-	d := &loopDialer{tcp: target}
-	gateway := netip.MustParseAddr("127.0.0.3")
-	f := NewForwards(d, gateway, testLogger(t))
-	defer f.Close()
 	src := &plainSockets{}
-	remove := f.Direct(target.Addr(), src.get)
-	m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: target})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFill(t, f, target.Addr(), src)
+	rig := newDirectRig(t, target, target, "127.0.0.3", src)
 
 	// A loopback client enters as the gateway, through a direct socket,
 	// and a few MiB pass both ways intact (spliced).
-	peer, c, r := peerOf(t, m.HostPort)
+	peer, c, r := peerOf(t, rig.port)
 	if !strings.HasPrefix(peer, "127.0.0.3:") {
 		t.Errorf("server saw %s, want the gateway 127.0.0.3", peer)
 	}
@@ -165,17 +185,17 @@ func TestForwardsDirect(t *testing.T) {
 	if err != nil || !bytes.Equal(got, blob) {
 		t.Fatalf("echo: %d bytes, %v; want the %d sent back", len(got), err, len(blob))
 	}
-	if s := d.sources(); len(s) != 0 {
+	if s := rig.d.sources(); len(s) != 0 {
 		t.Errorf("the gateway dialed %v; want no dials while direct sockets are there", s)
 	}
 
 	// Once removed, connections go through the gateway again, and every
 	// socket the pool held is closed.
-	remove()
-	peer, c, _ = peerOf(t, m.HostPort)
+	rig.remove()
+	peer, c, _ = peerOf(t, rig.port)
 	c.Close()
-	if !strings.HasPrefix(peer, "127.0.0.1:") || len(d.sources()) != 1 {
-		t.Errorf("after remove: server saw %s, gateway dials %v; want one dial through the gateway", peer, d.sources())
+	if !strings.HasPrefix(peer, "127.0.0.1:") || len(rig.d.sources()) != 1 {
+		t.Errorf("after remove: server saw %s, gateway dials %v; want one dial through the gateway", peer, rig.d.sources())
 	}
 	for _, f := range src.files {
 		if err := f.Close(); !errors.Is(err, os.ErrClosed) {
@@ -201,20 +221,11 @@ func TestForwardsDirectFallback(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			checkGoroutines(t)
 			target := peerEcho(t)
-			d := &loopDialer{tcp: target}
-			f := NewForwards(d, netip.MustParseAddr(tt.gateway), testLogger(t))
-			defer f.Close()
-			src := &plainSockets{fail: tt.fail}
-			defer f.Direct(target.Addr(), src.get)()
-			m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: target})
-			if err != nil {
-				t.Fatal(err)
-			}
-			waitFill(t, f, target.Addr(), src)
-			peer, c, _ := peerOf(t, m.HostPort)
+			r := newDirectRig(t, target, target, tt.gateway, &plainSockets{fail: tt.fail})
+			peer, c, _ := peerOf(t, r.port)
 			c.Close()
-			if !strings.HasPrefix(peer, "127.0.0.1:") || len(d.sources()) != 1 {
-				t.Errorf("server saw %s, gateway dials %v; want one dial through the gateway", peer, d.sources())
+			if !strings.HasPrefix(peer, "127.0.0.1:") || len(r.d.sources()) != 1 {
+				t.Errorf("server saw %s, gateway dials %v; want one dial through the gateway", peer, r.d.sources())
 			}
 		})
 	}
@@ -226,17 +237,8 @@ func TestForwardsDirectFallback(t *testing.T) {
 func TestForwardsDirectRefused(t *testing.T) {
 	checkGoroutines(t)
 	target := netip.AddrPortFrom(lo, closedPort(t))
-	d := &loopDialer{tcp: peerEcho(t)}
-	f := NewForwards(d, netip.MustParseAddr("127.0.0.3"), testLogger(t))
-	defer f.Close()
-	src := &plainSockets{}
-	defer f.Direct(target.Addr(), src.get)()
-	m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: target})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFill(t, f, target.Addr(), src)
-	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, m.HostPort).String())
+	r := newDirectRig(t, target, peerEcho(t), "127.0.0.3", &plainSockets{})
+	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, r.port).String())
 	if err == nil {
 		defer c.Close()
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -245,7 +247,7 @@ func TestForwardsDirectRefused(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("client: %v, want connection reset", err)
 	}
-	if s := d.sources(); len(s) != 0 {
+	if s := r.d.sources(); len(s) != 0 {
 		t.Errorf("the gateway dialed %v after a refused direct connection", s)
 	}
 }
@@ -302,17 +304,8 @@ func TestForwardsDirectReset(t *testing.T) {
 		c.Close()
 	}()
 	target := ln.Addr().(*net.TCPAddr).AddrPort()
-	d := &loopDialer{tcp: target}
-	f := NewForwards(d, netip.MustParseAddr("127.0.0.3"), testLogger(t))
-	defer f.Close()
-	src := &plainSockets{}
-	defer f.Direct(target.Addr(), src.get)()
-	m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: target})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFill(t, f, target.Addr(), src)
-	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, m.HostPort).String())
+	r := newDirectRig(t, target, target, "127.0.0.3", &plainSockets{})
+	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, r.port).String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +316,7 @@ func TestForwardsDirectReset(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("client: %v, want connection reset", err)
 	}
-	if s := d.sources(); len(s) != 0 {
+	if s := r.d.sources(); len(s) != 0 {
 		t.Errorf("the gateway dialed %v; the test meant the direct path", s)
 	}
 }
