@@ -255,31 +255,34 @@ func TestForwardsDirectRefused(t *testing.T) {
 // TestDialDirectSource: a direct socket carries the exact source address
 // and port it is given (a client's own, kept).
 func TestDialDirectSource(t *testing.T) {
-	target := peerEcho(t)
-	src := &plainSockets{}
-	files, err := src.get(context.Background(), 1)
+	// One client address and port, connected at once to two published
+	// ports of the same sandbox (two services here): both work.
+	targets := []netip.AddrPort{peerEcho(t), peerEcho(t)}
+	files, err := (&plainSockets{}).get(context.Background(), len(targets))
 	if err != nil {
 		t.Fatal(err)
 	}
 	from := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.5"), closedPort(t))
-	c, err := dialDirect(files[0], from, target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if got := strings.TrimSpace(line); err != nil || got != from.String() {
-		t.Errorf("server saw %q (%v), want %s", got, err, from)
-	}
-	if _, ok := c.(*directConn); !ok {
-		t.Errorf("dialDirect returned %T, want *directConn (the relay splices those)", c)
-	}
-	if got := c.RemoteAddr().String(); got != target.String() {
-		t.Errorf("RemoteAddr = %s, want %s", got, target)
-	}
-	if got := c.LocalAddr().String(); got != from.String() {
-		t.Errorf("LocalAddr = %s, want %s", got, from)
+	for i, target := range targets {
+		c, err := dialDirect(files[i], from, target)
+		if err != nil {
+			t.Fatalf("to %s: %v", target, err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if got := strings.TrimSpace(line); err != nil || got != from.String() {
+			t.Errorf("%s saw %q (%v), want %s", target, got, err, from)
+		}
+		if _, ok := c.(*directConn); !ok {
+			t.Errorf("dialDirect returned %T, want *directConn (the relay splices those)", c)
+		}
+		if got := c.RemoteAddr().String(); got != target.String() {
+			t.Errorf("RemoteAddr = %s, want %s", got, target)
+		}
+		if got := c.LocalAddr().String(); got != from.String() {
+			t.Errorf("LocalAddr = %s, want %s", got, from)
+		}
 	}
 }
 

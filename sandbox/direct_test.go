@@ -70,6 +70,18 @@ func TestDirectSockets(t *testing.T) {
 	if len(socks) != 3 {
 		t.Fatalf("DirectSockets gave %d sockets, want 3", len(socks))
 	}
+	// The options the daemon relies on and does not set itself.
+	for _, o := range []struct {
+		level, opt int
+		name       string
+	}{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, "SO_REUSEADDR"},
+		{unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, "IP_BIND_ADDRESS_NO_PORT"},
+	} {
+		if v, err := unix.GetsockoptInt(int(socks[0].Fd()), o.level, o.opt); v != 1 || err != nil {
+			t.Errorf("%s = %d (%v), want 1", o.name, v, err)
+		}
+	}
 	for i, from := range []string{"192.0.2.7:4242", "172.17.0.1:40000", "172.17.0.1:40001"} {
 		if got := connectFrom(t, socks[i], netip.MustParseAddrPort(from), netip.MustParseAddrPort("172.17.0.2:8080")); got != from {
 			t.Errorf("the service saw %q, want %s", got, from)
