@@ -188,7 +188,9 @@ func (f *Forwards) Direct(addr netip.Addr, src SocketSource) (remove func()) {
 
 // dialTCP opens the connection into the network for a published port:
 // directly when the target's sandbox gave sockets for it, through the
-// gateway otherwise or when a socket cannot take the source address.
+// gateway otherwise or when a socket cannot take the source address. A
+// dial through the gateway is bounded by forwardDialTimeout within ctx; a
+// direct one cannot wait (dialDirect).
 func (f *Forwards) dialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
 	f.mu.Lock()
 	pool := f.direct[dst.Addr()]
@@ -206,6 +208,8 @@ func (f *Forwards) dialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Co
 			f.limited.warn("nat: direct published connection falls back to the gateway", "dst", dst, "err", err)
 		}
 	}
+	ctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
+	defer cancel()
 	return f.dialer.DialTCP(ctx, src, dst)
 }
 
@@ -241,7 +245,7 @@ func (f *Forwards) Add(m Mapping) (Mapping, error) {
 	}
 	f.ports[keyOf(p.m)] = p
 	if pool := f.direct[p.m.Target.Addr()]; pool != nil && p.m.Proto == "tcp" {
-		pool.warm()
+		pool.warm() // lock order: Forwards.mu, then directPool.mu
 	}
 	p.start()
 	f.logger.Info("nat: published port", "mapping", p.m.String())
@@ -490,9 +494,7 @@ func (p *published) forwardTCP(c net.Conn) {
 		reset(c)
 		return
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, forwardDialTimeout)
-	g, err := p.f.dialTCP(ctx, guestSource(client, p.m.Target, p.f.gateway, p.f.subnet), p.m.Target)
-	cancel()
+	g, err := p.f.dialTCP(p.ctx, guestSource(client, p.m.Target, p.f.gateway, p.f.subnet), p.m.Target)
 	p.inflight.release(client.Addr())
 	if err != nil {
 		p.f.limited.warn("nat: published port dial failed", "mapping", p.m.String(), "client", client, "err", err)

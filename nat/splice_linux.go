@@ -36,10 +36,13 @@ type directConn struct {
 // SyscallConn returns the socket's raw conn, for splicing.
 func (c *directConn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
 
-func (c *directConn) Read(p []byte) (int, error)  { return c.f.Read(p) }
-func (c *directConn) Write(p []byte) (int, error) { return c.f.Write(p) }
-func (c *directConn) Close() error                { return c.f.Close() }
-func (c *directConn) RemoteAddr() net.Addr        { return c.remote }
+func (c *directConn) Read(p []byte) (int, error)         { return c.f.Read(p) }
+func (c *directConn) Write(p []byte) (int, error)        { return c.f.Write(p) }
+func (c *directConn) Close() error                       { return c.f.Close() }
+func (c *directConn) RemoteAddr() net.Addr               { return c.remote }
+func (c *directConn) SetDeadline(t time.Time) error      { return c.f.SetDeadline(t) }
+func (c *directConn) SetReadDeadline(t time.Time) error  { return c.f.SetReadDeadline(t) }
+func (c *directConn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDeadline(t) }
 
 // LocalAddr asks the socket: the port may be one connect chose.
 func (c *directConn) LocalAddr() net.Addr {
@@ -53,9 +56,6 @@ func (c *directConn) LocalAddr() net.Addr {
 	})
 	return a
 }
-func (c *directConn) SetDeadline(t time.Time) error      { return c.f.SetDeadline(t) }
-func (c *directConn) SetReadDeadline(t time.Time) error  { return c.f.SetReadDeadline(t) }
-func (c *directConn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDeadline(t) }
 
 // CloseWrite sends FIN (shutdown(SHUT_WR)).
 func (c *directConn) CloseWrite() error {
