@@ -27,11 +27,13 @@ import (
 //   - The SYN goes to the sandbox's own address, which is local: it loops
 //     back through lo.
 //   - With net.ipv4.tcp_fwmark_accept the server's accepted socket inherits
-//     the SYN's mark, and the rule "fwmark directMark lookup directTable"
-//     sends its replies, addressed to the client's address, to a table
-//     whose only route is "local 0.0.0.0/0 dev lo": they loop back too,
-//     to the transparent socket, instead of leaving through eth0 to a
-//     gateway that never saw the connection.
+//     the SYN's mark (and with net.ipv4.fwmark_reflect so do the kernel's
+//     own answers, such as the RST from a port nothing listens on), and
+//     the rule "fwmark directMark lookup directTable" sends its replies,
+//     addressed to the client's address, to a table whose only route is
+//     "local 0.0.0.0/0 dev lo": they loop back too, to the transparent
+//     socket, instead of leaving through eth0 to a gateway that never saw
+//     the connection.
 //
 // Nothing else in the sandbox carries the mark, so its own traffic routes
 // as before. The agent sets the routing up on the first request only, so
@@ -166,6 +168,12 @@ func directSocket() (*os.File, error) {
 // that loop marked replies back (see the top of this file). Each step that
 // finds its work already done (the command may have done it) is fine.
 //
+// fwmark_reflect gives the kernel's own answers to a marked packet (the
+// RST for a port nothing listens on, ICMP errors) the same mark, so they
+// too loop back: without it the RST for a closed port left through eth0,
+// the socket never heard of it, and the client waited out the SYN retries
+// instead of being refused at once.
+//
 // It also sets tcp_tw_reuse to 1. Direct sockets close first when the
 // client does, so each leaves a TIME_WAIT inside the sandbox, all towards
 // the same few service ports from the gateway's address; at a few
@@ -177,6 +185,7 @@ func directSocket() (*os.File, error) {
 func setupDirect() error {
 	for _, s := range []struct{ name, value string }{
 		{"tcp_fwmark_accept", "1"},
+		{"fwmark_reflect", "1"},
 		{"tcp_tw_reuse", "1"},
 	} {
 		if err := os.WriteFile("/proc/sys/net/ipv4/"+s.name, []byte(s.value+"\n"), 0); err != nil {

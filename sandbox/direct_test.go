@@ -88,7 +88,33 @@ func TestDirectSockets(t *testing.T) {
 		}
 	}
 
-	// The daemon's own sockets are refused.
+	// A port nothing listens on refuses at once: the kernel's RST must
+	// loop back like the service's replies (fwmark_reflect).
+	refused, err := s.DirectSockets(ctx, 1)
+	if err != nil {
+		t.Fatalf("DirectSockets: %v", err)
+	}
+	defer closeFiles(refused)
+	fd := int(refused[0].Fd())
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{192, 0, 2, 7}, Port: 4243}); err != nil {
+		t.Fatal(err)
+	}
+	err = unix.Connect(fd, &unix.SockaddrInet4{Addr: [4]byte{172, 17, 0, 2}, Port: 8081})
+	if err == unix.EINPROGRESS {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		if n, perr := unix.Poll(pfd, 10_000); n != 1 || perr != nil {
+			t.Fatalf("connect to a closed port: no answer within 10s (%v): the RST does not find the socket", perr)
+		}
+		var v int
+		if v, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
+			err = unix.Errno(v)
+		}
+	}
+	if err != unix.ECONNREFUSED {
+		t.Errorf("connect to a closed port in the sandbox = %v, want ECONNREFUSED", err)
+	}
+
+	// Counts outside 1..32 are refused.
 	for _, n := range []int{0, maxDirectBatch + 1} {
 		if _, err := s.DirectSockets(ctx, n); err == nil || !strings.Contains(err.Error(), "want 1 to 32") {
 			t.Errorf("DirectSockets(%d) = %v, want an error naming the range", n, err)
