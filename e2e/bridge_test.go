@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -295,6 +297,24 @@ func TestBridge(t *testing.T) {
 			return nil
 		})
 		h.checkDirect(t, "web")
+	})
+
+	t.Run("published port with nothing listening resets the client", func(t *testing.T) {
+		h.fresh(t)
+		port := freePort(t)
+		h.runDetached(t, "--name", "idle", "-p", fmt.Sprintf("%d:80", port), "sleep", "600")
+		// The reset must come at once, not after the SYN retries into a
+		// port nothing listens on (a few seconds is plenty of slack).
+		conn, err := net.DialTimeout("tcp4", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err = conn.Read(make([]byte, 1))
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("read from a published port with nothing listening: %v, want connection reset at once", err)
+		}
 	})
 
 	t.Run("publish UDP port", func(t *testing.T) {
