@@ -30,10 +30,10 @@ type hostIO struct {
 	rd, wr rawOp
 }
 
-// rawOp is the state of one read, write, recvfrom or sendto, for its
-// poller callback.
+// rawOp is the state of one read, write, recvfrom, sendto or splice, for
+// its poller callback.
 type rawOp struct {
-	trap uintptr // unix.SYS_READ, SYS_WRITE, SYS_RECVFROM or SYS_SENDTO
+	trap uintptr // unix.SYS_READ, SYS_WRITE, SYS_RECVFROM, SYS_SENDTO or SYS_SPLICE
 	fn   func(fd uintptr) bool
 	p    []byte
 	n    int
@@ -42,6 +42,13 @@ type rawOp struct {
 	// The peer's address, for recvfrom (filled in) and sendto (read).
 	sa    unix.RawSockaddrAny
 	salen uint32
+
+	// For splice (splice_linux.go): the pipe end across from the poller's
+	// fd, whether the bytes flow out of the pipe (into the poller's fd)
+	// rather than into it, and how many to move at most.
+	pipe    int
+	outPipe bool
+	max     int
 }
 
 // newHostIO wraps c, a *net.TCPConn or a connected *net.UDPConn.
@@ -101,6 +108,7 @@ var syscallNames = map[uintptr]string{
 	unix.SYS_WRITE:    "write",
 	unix.SYS_RECVFROM: "recvfrom",
 	unix.SYS_SENDTO:   "sendto",
+	unix.SYS_SPLICE:   "splice",
 }
 
 // ready is the poller callback: it reports false only to wait for the
@@ -121,6 +129,12 @@ func (op *rawOp) ready(fd uintptr) bool {
 		case unix.SYS_SENDTO:
 			n, _, errno = unix.RawSyscall6(op.trap, fd, uintptr(ptr), uintptr(len(op.p)), 0,
 				uintptr(unsafe.Pointer(&op.sa)), uintptr(op.salen))
+		case unix.SYS_SPLICE:
+			in, out := fd, uintptr(op.pipe)
+			if op.outPipe {
+				in, out = out, in
+			}
+			n, _, errno = unix.RawSyscall6(op.trap, in, 0, out, 0, uintptr(op.max), unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		default:
 			n, _, errno = unix.RawSyscall(op.trap, fd, uintptr(ptr), uintptr(len(op.p)))
 		}

@@ -21,9 +21,9 @@ import (
 //     Making it a *net.TCPConn (net.FileConn) cost a dup, four keepalive
 //     setsockopts and a second close per connection, 11% of the daemon's
 //     CPU at a few thousand connections a second.
-//   - The splices are raw syscalls with the poller doing the waiting, like
-//     every other non-blocking fd on the data path (hostio_linux.go);
-//     syscall.Splice would wake sysmon after every idle moment.
+//   - The splices are raw syscalls with the poller doing the waiting
+//     (rawOp, hostio_linux.go), like every other non-blocking fd on the
+//     data path; syscall.Splice would wake sysmon after every idle moment.
 
 // directConn is a connected direct socket as a net.Conn. The relay splices
 // it; Read and Write exist for completeness and go through the file.
@@ -128,47 +128,14 @@ func putPipe(p pipePair, clean bool) {
 	unix.Close(p.w)
 }
 
-// spliceOp is one splice(2) call's state for its poller callback.
-type spliceOp struct {
-	in, out int // the fd not given by the poller, or -1 for the poller's
-	max     int
-	n       int
-	err     error
-}
-
-// ready is the poller callback: splice from in (or the poller's fd) to
-// out (or the poller's fd); false only to wait for readiness.
-func (op *spliceOp) ready(fd uintptr) bool {
-	in, out := uintptr(op.in), uintptr(op.out)
-	if op.in < 0 {
-		in = fd
-	} else {
-		out = fd
-	}
-	for {
-		n, _, errno := unix.RawSyscall6(unix.SYS_SPLICE, in, 0, out, 0, uintptr(op.max), unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-		switch errno {
-		case 0:
-			op.n = int(n)
-			return true
-		case unix.EINTR:
-		case unix.EAGAIN:
-			return false
-		default:
-			op.err = errno
-			return true
-		}
-	}
-}
-
 // spliceCopy moves src's bytes to dst through a pipe until src reports
 // EOF (nil error) or something fails. Both are stream sockets.
 func spliceCopy(dst, src syscall.Conn) (int64, error) {
-	drc, err := dst.SyscallConn()
+	dstRC, err := dst.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
-	src2, err := src.SyscallConn()
+	srcRC, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
@@ -179,33 +146,29 @@ func spliceCopy(dst, src syscall.Conn) (int64, error) {
 	var total int64
 	inPipe := 0
 	defer func() { putPipe(p, inPipe == 0) }()
-	drain := &spliceOp{in: -1, out: p.w, max: pipeSize}
-	pump := &spliceOp{in: p.r, out: -1}
+	drain := &rawOp{trap: unix.SYS_SPLICE, pipe: p.w, max: pipeSize}
+	pump := &rawOp{trap: unix.SYS_SPLICE, pipe: p.r, outPipe: true}
+	drain.fn, pump.fn = drain.ready, pump.ready
 	for {
-		drain.n, drain.err = 0, nil
-		if err := src2.Read(drain.ready); err != nil {
+		n, err := drain.do(nil, srcRC.Read)
+		if err != nil {
 			return total, err
 		}
-		if drain.err != nil {
-			return total, os.NewSyscallError("splice", drain.err)
-		}
-		if drain.n == 0 {
+		if n == 0 {
 			return total, nil // EOF
 		}
-		inPipe = drain.n
+		inPipe = n
 		for inPipe > 0 {
-			pump.max, pump.n, pump.err = inPipe, 0, nil
-			if err := drc.Write(pump.ready); err != nil {
+			pump.max = inPipe
+			n, err := pump.do(nil, dstRC.Write)
+			if err != nil {
 				return total, err
 			}
-			if pump.err != nil {
-				return total, os.NewSyscallError("splice", pump.err)
-			}
-			if pump.n == 0 {
+			if n == 0 {
 				return total, io.ErrShortWrite // cannot happen with bytes in the pipe
 			}
-			inPipe -= pump.n
-			total += int64(pump.n)
+			inPipe -= n
+			total += int64(n)
 		}
 	}
 }
