@@ -173,6 +173,8 @@ func FuzzDecodeMessage(f *testing.F) {
 		`{"kind":"started","pid":2,"warnings":["w"]}`,
 		`{"kind":"failed","id":1,"error":{"msg":"m","command":true,"errno":2,"op":"stat","path":"/x"}}`,
 		`{"kind":"config","config":{"net":0,"iface":{"Name":"eth0","MAC":[2,0,0,0,0,1],"Addr":"10.0.0.2/24","Gateway":"10.0.0.1","MTU":1500},"command":{"args":["x"]}}}`,
+		`{"kind":"direct","id":5,"count":16}`,
+		`{"kind":"sockets","id":5}`,
 	} {
 		f.Add([]byte(s), uint8(0))
 	}
