@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -116,10 +117,27 @@ func runAgent() (int, error) {
 		a.reply(&message{Kind: kindFailed, Error: toWire(err, false)})
 		return 1, nil
 	}
+	var listener *os.File
+	if m.Config.Bypass {
+		// Never unlocked: this goroutine starts every command (loop
+		// serves on it), and the filter is on this thread alone.
+		runtime.LockOSThread()
+		if listener, err = installConnectFilter(); err != nil {
+			if tap != nil {
+				tap.Close()
+			}
+			closeFiles(stdio)
+			a.reply(&message{Kind: kindFailed, Error: toWire(fmt.Errorf("bypass: %w", err), false)})
+			return 1, nil
+		}
+	}
 	pid, err := a.start(&m.Config.Command, stdio)
 	if err != nil {
 		if tap != nil {
 			tap.Close()
+		}
+		if listener != nil {
+			listener.Close()
 		}
 		a.reply(&message{Kind: kindFailed, Error: toWire(err, !errors.Is(err, errNoPTY))})
 		return 127, nil
@@ -127,12 +145,16 @@ func runAgent() (int, error) {
 	a.main = pid
 	a.procs[pid] = 0
 	started := &message{Kind: kindStarted, Pid: pid, Warnings: warnings}
-	if tap != nil {
-		err = writeMessage(ctl, started, tap)
-		tap.Close() // the daemon's copy is now the only one
-	} else {
-		err = writeMessage(ctl, started)
+	var files []*os.File
+	for _, f := range []*os.File{tap, listener} {
+		if f != nil {
+			files = append(files, f)
+		}
 	}
+	err = writeMessage(ctl, started, files...)
+	// The daemon's copies are now the only ones. The listener's must
+	// be: while any copy is open, a connect nobody answers waits.
+	closeFiles(files)
 	if err != nil {
 		return 1, err
 	}

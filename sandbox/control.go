@@ -79,12 +79,15 @@ type message struct {
 
 // agentConfig is what the agent needs from Spec.
 type agentConfig struct {
-	Hostname   string      `json:"hostname,omitempty"`
-	Net        NetMode     `json:"net"`
-	Iface      *Iface      `json:"iface,omitempty"`
-	ResolvConf []byte      `json:"resolvConf,omitempty"`
-	Hosts      []byte      `json:"hosts,omitempty"`
-	Command    execRequest `json:"command"`
+	Hostname   string  `json:"hostname,omitempty"`
+	Net        NetMode `json:"net"`
+	Iface      *Iface  `json:"iface,omitempty"`
+	ResolvConf []byte  `json:"resolvConf,omitempty"`
+	Hosts      []byte  `json:"hosts,omitempty"`
+	// Bypass: start commands under the connect filter and send its
+	// listener with the main command's start (bypass.go).
+	Bypass  bool        `json:"bypass,omitempty"`
+	Command execRequest `json:"command"`
 }
 
 // execRequest is a command to start inside; the stdio fds travel beside it.
@@ -307,8 +310,8 @@ func decodeMessage(b []byte, nfds int) (*message, error) {
 		if m.Pid <= 0 {
 			return nil, fmt.Errorf("started message with pid %d", m.Pid)
 		}
-		if m.ID == 0 && nfds <= 1 {
-			want = nfds // the TAP, when there is one
+		if m.ID == 0 && nfds <= 2 {
+			want = nfds // the TAP, when there is one, and the bypass listener
 		}
 	case kindConnect:
 		if m.ID == 0 || m.Iface == nil {

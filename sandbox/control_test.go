@@ -318,7 +318,7 @@ func TestAgentProtocolViolation(t *testing.T) {
 			if err := fake.Start(); err != nil {
 				t.Skipf("no sleep to stand in for the agent: %v", err)
 			}
-			s := newSandbox(fake, ours, slog.New(slog.DiscardHandler), NetNone, nil)
+			s := newSandbox(fake, ours, slog.New(slog.DiscardHandler), NetNone, nil, nil)
 			defer s.Close()
 			if tt.msgs == nil {
 				if _, err := theirs.Write([]byte("{")); err != nil {

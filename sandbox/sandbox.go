@@ -54,6 +54,8 @@ type Sandbox struct {
 	netMode NetMode
 	iface   string   // name of the TAP Start asks for
 	tap     *os.File // set before main.started is closed
+	bypass  BypassRoute
+	sup     *supervisor // with bypass: set and closed by readLoop
 	main    *Process
 	exited  chan struct{} // closed once the agent has been reaped
 
@@ -112,6 +114,7 @@ func Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 		Net:        spec.Net,
 		ResolvConf: spec.ResolvConf,
 		Hosts:      spec.Hosts,
+		Bypass:     spec.Bypass != nil,
 		Command:    execRequest{Args: spec.Args, Env: spec.Env, EnvSet: spec.Env != nil, Dir: spec.Dir, TTY: spec.TTY},
 	}
 	if spec.Net == NetBridge {
@@ -157,7 +160,7 @@ func Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 		ours.Close()
 		return nil, fmt.Errorf("sandbox: start agent in new user namespace (are unprivileged user namespaces enabled? see /proc/sys/user/max_user_namespaces): %w", err)
 	}
-	s := newSandbox(agent, ours, logger, spec.Net, cfg.Iface)
+	s := newSandbox(agent, ours, logger, spec.Net, cfg.Iface, spec.Bypass)
 	err = s.send(&message{Kind: kindConfig, Config: cfg}, spec.Stdin, spec.Stdout, spec.Stderr)
 	if err == nil {
 		select {
@@ -186,8 +189,9 @@ func Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 
 // newSandbox returns the daemon's side of a sandbox whose agent has been
 // started, with its read loop running.
-func newSandbox(agent *exec.Cmd, ctl *net.UnixConn, logger *slog.Logger, mode NetMode, iface *Iface) *Sandbox {
+func newSandbox(agent *exec.Cmd, ctl *net.UnixConn, logger *slog.Logger, mode NetMode, iface *Iface, bypass BypassRoute) *Sandbox {
 	s := &Sandbox{
+		bypass:   bypass,
 		agent:    agent,
 		ctl:      ctl,
 		logger:   logger.With("sandbox", agent.Process.Pid),
@@ -269,6 +273,9 @@ func (s *Sandbox) readLoop() {
 	s.mu.Lock()
 	s.gone = true
 	s.mu.Unlock()
+	if s.sup != nil {
+		s.sup.close()
+	}
 	agentErr := s.agent.Wait()
 	s.ctl.Close()
 
@@ -339,8 +346,17 @@ func (s *Sandbox) handle(m *message, files []*os.File) error {
 				closeFiles(files)
 				return err
 			}
-			if len(files) == 1 {
+			if len(files) > 0 {
 				s.tap = files[0]
+			}
+			if s.bypass != nil {
+				sup, err := startSupervisor(files[1], s.bypass, s.logger)
+				if err != nil {
+					s.tap.Close()
+					s.tap = nil
+					return err
+				}
+				s.sup = sup
 			}
 		}
 		p.pid = m.Pid
@@ -358,15 +374,23 @@ func (s *Sandbox) handle(m *message, files []*os.File) error {
 }
 
 // checkMainTAP checks the fds that came with the main command's start:
-// the TAP for NetBridge, nothing otherwise.
+// the TAP for NetBridge (and the bypass listener after it), nothing
+// otherwise.
 func (s *Sandbox) checkMainTAP(files []*os.File) error {
 	switch {
 	case s.netMode != NetBridge && len(files) == 0:
 		return nil
 	case s.netMode != NetBridge:
 		return fmt.Errorf("agent sent an fd for network mode %v", s.netMode)
-	case len(files) != 1:
+	case s.bypass == nil && len(files) != 1:
 		return errors.New("agent started the command without sending the TAP")
+	case s.bypass != nil && len(files) != 2:
+		return errors.New("agent started the command without sending the TAP and the bypass listener")
+	}
+	if s.bypass != nil {
+		if err := checkListener(files[1]); err != nil {
+			return err
+		}
 	}
 	return checkTAP(files[0], s.iface)
 }

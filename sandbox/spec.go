@@ -99,6 +99,10 @@ type Spec struct {
 	// and Env they must stay under 64 KiB.
 	ResolvConf, Hosts []byte
 
+	// Bypass, when set, gives the sandbox's own TCP and UDP connections
+	// to destinations it accepts host sockets in place of theirs (see
+	// bypass.go); NetBridge only.
+	Bypass BypassRoute
 	// Logger receives the agent's warnings (for example a /sys that could
 	// not be remounted); nil discards them.
 	Logger *slog.Logger
@@ -127,6 +131,9 @@ func (s *Spec) validate() error {
 	}
 	if s.TTY && s.Stdin == nil {
 		return errors.New("TTY needs Stdin to be a terminal, got nil")
+	}
+	if s.Bypass != nil && s.Net != NetBridge {
+		return fmt.Errorf("bypass needs a bridge network, not %v", s.Net)
 	}
 	switch s.Net {
 	case NetNone, NetHost:

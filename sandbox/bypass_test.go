@@ -1,0 +1,226 @@
+package sandbox
+
+import (
+	"bufio"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/usernet/usernet/sandbox/sandboxtest"
+	vswitch "github.com/usernet/usernet/switch"
+)
+
+// bypassClient runs inside the sandbox. Its argv: the TCP port, the UDP
+// port and a closed TCP port on the gateway's address, which only bypass
+// can reach: nobody reads the sandbox's TAP in this test. It prints one
+// "name result" line per case.
+const bypassClient = `
+import errno, os, select, socket, sys
+gw = "10.0.2.2"
+tcp, udp, closed = (int(a) for a in sys.argv[1:4])
+
+def out(name, value):
+    print(name, value, flush=True)
+
+def talk(s, msg):
+    s.sendall(msg)
+    return s.recv(100).decode()
+
+# A blocking connect; the socket keeps its close-on-exec flag.
+s = socket.create_connection((gw, tcp), timeout=10)
+out("blocking", talk(s, b"one"))
+out("sockname", s.getsockname()[0])
+out("peername", "%s:%d" % s.getpeername())
+out("inheritable", os.get_inheritable(s.fileno()))
+s.close()
+
+# An inheritable fd stays inheritable, and socket options set before the
+# connect survive it.
+s = socket.socket()
+os.set_inheritable(s.fileno(), True)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.settimeout(10)
+s.connect((gw, tcp))
+out("inheritable2", os.get_inheritable(s.fileno()))
+out("nodelay", s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+s.close()
+
+# A non-blocking connect is the process's to finish.
+s = socket.socket()
+s.setblocking(False)
+rc = s.connect_ex((gw, tcp))
+select.select([], [s], [], 10)
+out("nonblocking", "%s %d" % (rc in (0, errno.EINPROGRESS), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+s.setblocking(True)
+out("nonblocking-talk", talk(s, b"two"))
+s.close()
+
+# A dual-stack socket to an IPv4-mapped address.
+s = socket.socket(socket.AF_INET6)
+s.settimeout(10)
+s.connect(("::ffff:" + gw, tcp))
+out("mapped", talk(s, b"six"))
+s.close()
+
+# A closed port refuses.
+try:
+    socket.create_connection((gw, closed), timeout=10)
+    out("refused", "connected")
+except OSError as e:
+    out("refused", errno.errorcode.get(e.errno, e))
+
+# Connected UDP.
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(10)
+u.connect((gw, udp))
+u.send(b"dgram")
+out("udp", u.recv(100).decode())
+u.close()
+
+# What bypass leaves alone: Unix sockets, the sandbox's own loopback and
+# a socket the process bound first (that one goes out of eth0, where
+# nothing answers).
+l = socket.socket(socket.AF_UNIX)
+l.bind("\0usernet-bypass-test")
+l.listen()
+c = socket.socket(socket.AF_UNIX)
+c.connect("\0usernet-bypass-test")
+out("unix", "ok")
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen()
+c = socket.create_connection(l.getsockname(), timeout=10)
+out("loopback", c.getpeername()[0])
+b = socket.socket()
+b.bind(("0.0.0.0", 0))
+b.settimeout(1)
+try:
+    b.connect((gw, tcp))
+    out("bound", "connected")
+except OSError as e:
+    out("bound", "timeout" if isinstance(e, TimeoutError) else e)
+`
+
+// TestBypass: with Spec.Bypass the sandbox's connects to the gateway's
+// address reach host listeners on loopback through host sockets, in each
+// way a client connects, and everything the route does not claim behaves
+// as without bypass.
+func TestBypass(t *testing.T) {
+	if sandboxtest.Unprivileged(t) {
+		return
+	}
+	sandboxtest.RequireTUN(t)
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("needs python3 for a client inside the sandbox")
+	}
+
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var peers sync.Map
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			peers.Store(c.RemoteAddr().(*net.TCPAddr).IP.String(), true)
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 100)
+				n, err := c.Read(buf)
+				if err == nil {
+					c.Write([]byte("echo " + string(buf[:n])))
+				}
+			}()
+		}
+	}()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte("echo "), buf[:n]...), from)
+		}
+	}()
+	closed, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := closed.Addr().(*net.TCPAddr).Port
+	closed.Close()
+
+	gw := netip.MustParseAddr("10.0.2.2")
+	route := func(dst netip.AddrPort) (netip.AddrPort, bool) {
+		if dst.Addr() != gw {
+			return netip.AddrPort{}, false
+		}
+		return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), dst.Port()), true
+	}
+	port := func(a net.Addr) string { return strconv.Itoa(int(netip.MustParseAddrPort(a.String()).Port())) }
+	outR, outW := pipe(t)
+	s := start(t, Spec{
+		Args:   []string{python, "-c", bypassClient, port(ln.Addr()), port(pc.LocalAddr()), strconv.Itoa(closedPort)},
+		Stdout: outW,
+		Stderr: outW,
+		Net:    NetBridge,
+		Iface:  &Iface{Name: "eth0", MAC: vswitch.MAC{0x02, 0x42, 10, 0, 2, 15}, Addr: netip.MustParsePrefix("10.0.2.15/24"), Gateway: gw},
+		Bypass: route,
+	})
+	outW.Close()
+	defer s.TAP().Close()
+	got := map[string]string{}
+	var lines []string
+	sc := bufio.NewScanner(outR)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if name, value, ok := strings.Cut(sc.Text(), " "); ok {
+			got[name] = value
+		}
+	}
+	if code, err := s.Wait(); code != 0 || err != nil {
+		t.Fatalf("client exited %d (%v):\n%s", code, err, strings.Join(lines, "\n"))
+	}
+	tcpPort := port(ln.Addr())
+	want := map[string]string{
+		"blocking":         "echo one",
+		"sockname":         "127.0.0.1", // the host's side: the documented difference
+		"peername":         "127.0.0.1:" + tcpPort,
+		"inheritable":      "False",
+		"inheritable2":     "True",
+		"nodelay":          "1",
+		"nonblocking":      "True 0",
+		"nonblocking-talk": "echo two",
+		"mapped":           "echo six",
+		"refused":          "ECONNREFUSED",
+		"udp":              "echo dgram",
+		"unix":             "ok",
+		"loopback":         "127.0.0.1",
+		"bound":            "timeout",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: got %q, want %q", k, got[k], v)
+		}
+	}
+	if t.Failed() {
+		t.Logf("client output:\n%s", strings.Join(lines, "\n"))
+	}
+	if _, ok := peers.Load("127.0.0.1"); !ok {
+		t.Error("the host listener saw no connection from 127.0.0.1")
+	}
+}
