@@ -27,6 +27,7 @@ type RunRequest struct {
 	DNS         []netip.Addr       `json:",omitempty"`
 	DNSSearch   []string           `json:",omitempty"`
 	ExtraHosts  []engine.HostEntry `json:",omitempty"`
+	Bypass      bool               `json:",omitempty"`
 	// Wait keeps the response open until the command exits and then sends
 	// a WaitResponse. A client that waits this way cannot miss the exit
 	// status of an --rm sandbox, and the daemon sees the client go away.
@@ -39,7 +40,7 @@ func (r *RunRequest) config() engine.RunConfig {
 		Name: r.Name, Hostname: r.Hostname, Args: r.Args, Env: r.Env,
 		TTY: r.TTY, Interactive: r.Interactive, Detach: r.Detach, AutoRemove: r.AutoRemove,
 		Network: r.Network, Ports: r.Ports, PublishAll: r.PublishAll, Expose: r.Expose,
-		DNS: r.DNS, DNSSearch: r.DNSSearch, ExtraHosts: r.ExtraHosts,
+		DNS: r.DNS, DNSSearch: r.DNSSearch, ExtraHosts: r.ExtraHosts, Bypass: r.Bypass,
 	}
 }
 

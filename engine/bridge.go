@@ -43,6 +43,7 @@ func newNetBridge(s bridgeSpec) (bridge, error) {
 		out = nat.NewOutbound(nat.Config{
 			Gateway:      s.Gateway.Addr(),
 			HostLoopback: s.HostLoopback,
+			Subnet:       s.Gateway.Masked(),
 			Logger:       s.Logger,
 			Clock:        s.Clock,
 		})
@@ -72,6 +73,14 @@ func newNetBridge(s bridgeSpec) (bridge, error) {
 		b.fwd = nat.NewForwards(gw, s.Gateway.Addr(), s.Logger)
 	}
 	return b, nil
+}
+
+// Bypass implements bridge.
+func (b *netBridge) Bypass(dst netip.AddrPort) (netip.AddrPort, bool) {
+	if b.out == nil {
+		return netip.AddrPort{}, false
+	}
+	return b.out.Bypass(dst)
 }
 
 // Attach implements bridge.

@@ -46,6 +46,9 @@ type launchSpec struct {
 	Mode                  netMode
 	Iface                 *launchIface // Mode == modeBridge only
 	ResolvConf, Hosts     []byte       // nil = leave the file alone
+	// Bypass, when set, routes the sandbox's own connects to host
+	// sockets (sandbox.Spec.Bypass).
+	Bypass func(dst netip.AddrPort) (netip.AddrPort, bool)
 }
 
 // launchIface is the sandbox's eth0.
@@ -120,6 +123,9 @@ type bridge interface {
 	Publish(m PortMapping, target netip.AddrPort) (PortMapping, error)
 	// Unpublish stops a forward that Publish returned.
 	Unpublish(m PortMapping, target netip.AddrPort) error
+	// Bypass says where a sandbox's own connection to dst goes as a host
+	// socket (nat.Outbound.Bypass); false on an internal network.
+	Bypass(dst netip.AddrPort) (netip.AddrPort, bool)
 	// EchoMode says how pings from the network leave the host.
 	EchoMode() string
 	// Close tears the network's data path down.

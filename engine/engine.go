@@ -202,6 +202,12 @@ type RunConfig struct {
 	DNSSearch []string
 	// ExtraHosts are added to /etc/hosts (--add-host).
 	ExtraHosts []HostEntry
+	// Bypass (--bypass) gives the sandbox's own TCP and UDP connections
+	// to the host and beyond host sockets of their own, which the kernel
+	// carries at full speed with no daemon in the path
+	// (sandbox.BypassRoute). The sandbox sees the host's side of those
+	// connections in getsockname. Bridge networks with NAT only.
+	Bypass bool
 
 	// Stdin, Stdout and Stderr become the command's fds 0, 1 and 2 when
 	// not Detach; nil means /dev/null. The engine does not close them and

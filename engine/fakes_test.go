@@ -274,6 +274,10 @@ func (b *fakeBridge) Unpublish(m PortMapping, target netip.AddrPort) error {
 
 func (b *fakeBridge) EchoMode() string { return "gateway-only" }
 
+func (b *fakeBridge) Bypass(dst netip.AddrPort) (netip.AddrPort, bool) {
+	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), dst.Port()), true
+}
+
 func (b *fakeBridge) Close() {
 	b.mu.Lock()
 	b.closed = true

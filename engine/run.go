@@ -60,6 +60,7 @@ func (e *Engine) makePlan(cfg RunConfig) (plan, []string, error) {
 		DNS:         slices.Clone(cfg.DNS),
 		DNSSearch:   slices.Clone(cfg.DNSSearch),
 		ExtraHosts:  slices.Clone(cfg.ExtraHosts),
+		Bypass:      cfg.Bypass,
 	}}
 	if len(cfg.Args) == 0 || cfg.Args[0] == "" {
 		return plan{}, nil, errorf(ErrInvalid, "no command given: usage is run [OPTIONS] CMD [ARGS...]")
@@ -118,6 +119,12 @@ func (e *Engine) makePlan(cfg RunConfig) (plan, []string, error) {
 		p.spec.Network = modeNone
 	default:
 		p.spec.Network = modeBridge
+	}
+	switch {
+	case cfg.Bypass && p.spec.Network != modeBridge:
+		return plan{}, nil, errorf(ErrInvalid, "--bypass needs a bridge network, and %s is %s: drop --bypass or pick a bridge network", net.rec.Name, p.spec.Network)
+	case cfg.Bypass && net.rec.Internal:
+		return plan{}, nil, errorf(ErrInvalid, "--bypass on internal network %s: it has no way out to bypass to; drop --bypass", net.rec.Name)
 	}
 
 	// Ports: normalize, collect exposed ports, and plan what to publish.
@@ -411,6 +418,9 @@ func (e *Engine) prepareFiles(cfg RunConfig, rec *containerRecord, net *network,
 		}
 		ls.Hosts = sandboxHosts(spec.ExtraHosts, addr, spec.Hostname)
 		ls.ResolvConf = e.resolvConfFor(spec, net.rec.Gateway)
+		if spec.Bypass {
+			ls.Bypass = net.br.Bypass
+		}
 	case modeNone:
 		ls.Hosts = sandboxHosts(spec.ExtraHosts, netip.Addr{}, spec.Hostname)
 		ls.ResolvConf = e.resolvConfFor(spec, netip.Addr{})

@@ -70,6 +70,7 @@ type runSpec struct {
 	DNS         []netip.Addr
 	DNSSearch   []string
 	ExtraHosts  []HostEntry
+	Bypass      bool
 }
 
 // stateRecord is a sandbox's last known process state.

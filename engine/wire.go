@@ -44,6 +44,9 @@ func (sandboxLauncher) Launch(ctx context.Context, ls launchSpec) (sandboxProces
 		ResolvConf: ls.ResolvConf,
 		Hosts:      ls.Hosts,
 	}
+	if ls.Bypass != nil {
+		spec.Bypass = ls.Bypass
+	}
 	if i := ls.Iface; i != nil {
 		spec.Iface = &sandbox.Iface{Name: i.Name, MAC: vswitch.MAC(i.MAC), Addr: i.Addr, Gateway: i.Gateway, MTU: i.MTU}
 	}

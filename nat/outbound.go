@@ -55,6 +55,9 @@ type Config struct {
 	// like slirp4netns' 10.0.2.2, and are refused otherwise.
 	Gateway      netip.Addr
 	HostLoopback bool
+	// Subnet is the network's prefix. Bypass keeps every destination in
+	// it but the gateway on the network; invalid means no such check.
+	Subnet netip.Prefix
 
 	// Logger receives control messages and rate-limited data-path errors;
 	// nil discards them.
@@ -85,6 +88,7 @@ type Stats struct {
 	UDPFlows    uint64 // UDP flows created
 	UDPLive     uint64 // UDP flows alive now
 	UDPDropped  uint64 // new UDP flows dropped: table full, destination not allowed or dial failed
+	Bypassed    uint64 // sandbox connects allowed host sockets of their own (Bypass)
 	EchoSent    uint64 // echo requests sent to the host network
 	EchoReplies uint64 // echo replies delivered to the guest
 	EchoDropped uint64 // echo requests not forwarded (no socket mode, destination, errors)
@@ -109,6 +113,7 @@ type Outbound struct {
 
 	tcpRelayed, tcpRefused, tcpCapped  atomic.Uint64
 	udpFlows, udpDropped               atomic.Uint64
+	bypassed                           atomic.Uint64
 	echoSent, echoReplies, echoDropped atomic.Uint64
 	dataErrors                         atomic.Uint64
 
@@ -183,6 +188,7 @@ func (o *Outbound) Stats() Stats {
 		UDPFlows:    o.udpFlows.Load(),
 		UDPLive:     live,
 		UDPDropped:  o.udpDropped.Load(),
+		Bypassed:    o.bypassed.Load(),
 		EchoSent:    o.echoSent.Load(),
 		EchoReplies: o.echoReplies.Load(),
 		EchoDropped: o.echoDropped.Load(),
@@ -247,6 +253,23 @@ func (o *Outbound) hostTarget(dst netip.AddrPort) (netip.AddrPort, bool) {
 		return netip.AddrPort{}, false
 	}
 	return netip.AddrPortFrom(a, dst.Port()), true
+}
+
+// Bypass reports where a sandbox's own TCP or UDP connection to dst may
+// go through a host socket of its own instead of through the gateway
+// (sandbox.BypassRoute): to the host address the NAT would have dialed
+// for it. Destinations on the network other than the gateway stay there,
+// where the switch and the network's rules carry them.
+func (o *Outbound) Bypass(dst netip.AddrPort) (netip.AddrPort, bool) {
+	a := dst.Addr().Unmap()
+	if o.cfg.Subnet.IsValid() && o.cfg.Subnet.Contains(a) && a != o.cfg.Gateway {
+		return netip.AddrPort{}, false
+	}
+	target, ok := o.hostTarget(dst)
+	if ok {
+		o.bypassed.Add(1)
+	}
+	return target, ok
 }
 
 // forwardable reports whether a is a unicast address host sockets may

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -104,11 +105,11 @@ func (s *supervisor) run() {
 		err := s.rc.Read(func(fd uintptr) bool {
 			// RECV would block whatever O_NONBLOCK says; poll first so
 			// that the netpoller does the waiting.
-			p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			if k, err := unix.Poll(p, 0); err != nil || k == 0 {
+			p := unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+			if k, _, e := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&p)), 1, uintptr(unsafe.Pointer(&unix.Timespec{})), 0, 0, 0); e != 0 || k == 0 {
 				return false
 			}
-			if p[0].Revents&unix.POLLIN == 0 {
+			if p.Revents&unix.POLLIN == 0 {
 				hup = true
 				return true
 			}
@@ -172,10 +173,8 @@ func (s *supervisor) claim(n *seccompNotif) (*connectCall, error) {
 	}
 	var raw [unix.SizeofSockaddrInet6]byte
 	size := min(int(addrLen), len(raw))
-	local := []unix.Iovec{{Base: &raw[0], Len: uint64(size)}}
-	remote := []unix.RemoteIovec{{Base: uintptr(addrPtr), Len: size}}
-	if got, err := unix.ProcessVMReadv(int(n.Pid), local, remote, 0); err != nil || got != size {
-		return nil, fmt.Errorf("read the address: %v", err)
+	if err := rawReadMem(int(n.Pid), uintptr(addrPtr), raw[:size]); err != nil {
+		return nil, fmt.Errorf("read the address: %w", err)
 	}
 	family := int(binary.NativeEndian.Uint16(raw[0:2]))
 	port := binary.BigEndian.Uint16(raw[2:4])
@@ -197,63 +196,85 @@ func (s *supervisor) claim(n *seccompNotif) (*connectCall, error) {
 		return nil, nil
 	}
 
-	pidfd, err := unix.PidfdOpen(int(n.Pid), 0)
+	pidfd, err := processFD(int(n.Pid))
 	if err != nil {
-		return nil, fmt.Errorf("pidfd_open: %w", err)
+		return nil, err
 	}
-	orig, err := unix.PidfdGetfd(pidfd, fd, 0)
-	unix.Close(pidfd)
+	orig, err := rawPidfdGetfd(pidfd, fd)
+	rawClose(pidfd)
 	if err != nil {
 		return nil, fmt.Errorf("pidfd_getfd: %w", err)
 	}
 	c := &connectCall{fd: fd, target: target, orig: orig, domain: family}
 	if err := c.inspect(int(n.Pid)); err != nil {
-		unix.Close(orig)
+		rawClose(orig)
 		return nil, err
 	}
 	// Everything read so far was read from the process that is stopped,
 	// not from one that took its pid after it died.
 	id := n.ID
 	if err := s.ioctl(seccompIoctlNotifIDValid, unsafe.Pointer(&id)); err != nil {
-		unix.Close(orig)
+		rawClose(orig)
 		return nil, err
 	}
 	return c, nil
 }
 
+// pidfdThread is PIDFD_THREAD (Linux 6.9): a pidfd for one thread.
+const pidfdThread = unix.O_EXCL
+
+// processFD opens a pidfd whose fd table is that of thread tid, the one
+// that made the call. Before Linux 6.9 a thread other than the process's
+// first has no pidfd of its own (ENOENT), so the process's is opened: the
+// threads share their fds.
+func processFD(tid int) (int, error) {
+	fd, err := rawPidfdOpen(tid, pidfdThread)
+	if err == nil {
+		return fd, nil
+	}
+	fd, err = rawPidfdOpen(tid, 0)
+	if err != unix.ENOENT {
+		if err != nil {
+			return -1, fmt.Errorf("pidfd_open: %w", err)
+		}
+		return fd, nil
+	}
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/status")
+	if err != nil {
+		return -1, err
+	}
+	_, rest, ok := bytes.Cut(status, []byte("\nTgid:"))
+	line, _, _ := bytes.Cut(rest, []byte("\n"))
+	tgid, err := strconv.Atoi(string(bytes.TrimSpace(line)))
+	if !ok || err != nil {
+		return -1, fmt.Errorf("no Tgid in /proc/%d/status", tid)
+	}
+	if fd, err = rawPidfdOpen(tgid, 0); err != nil {
+		return -1, fmt.Errorf("pidfd_open: %w", err)
+	}
+	return fd, nil
+}
+
 // inspect checks that c.orig is a fresh TCP or UDP socket of the address's
 // family and reads its flags.
 func (c *connectCall) inspect(pid int) error {
-	if d, err := unix.GetsockoptInt(c.orig, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || d != c.domain {
+	if d, err := rawGetsockoptInt(c.orig, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || d != c.domain {
 		return fmt.Errorf("not a socket of family %d (%d, %v)", c.domain, d, err)
 	}
 	var err error
-	if c.typ, err = unix.GetsockoptInt(c.orig, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
+	if c.typ, err = rawGetsockoptInt(c.orig, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
 		return err
 	}
-	if c.proto, err = unix.GetsockoptInt(c.orig, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil {
+	if c.proto, err = rawGetsockoptInt(c.orig, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil {
 		return err
 	}
 	if !(c.typ == unix.SOCK_STREAM && c.proto == unix.IPPROTO_TCP) && !(c.typ == unix.SOCK_DGRAM && c.proto == unix.IPPROTO_UDP) {
 		return errors.New("neither TCP nor UDP") // MPTCP, ping sockets, raw
 	}
-	sa, err := unix.Getsockname(c.orig)
-	if err != nil {
-		return err
+	if unbound, err := rawUnbound(c.orig); err != nil || !unbound {
+		return fmt.Errorf("socket already bound (%v)", err)
 	}
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		if a.Port != 0 || a.Addr != [4]byte{} {
-			return errors.New("socket already bound")
-		}
-	case *unix.SockaddrInet6:
-		if a.Port != 0 || a.Addr != [16]byte{} {
-			return errors.New("socket already bound")
-		}
-	default:
-		return errors.New("unknown socket address")
-	}
-	fl, err := unix.FcntlInt(uintptr(c.orig), unix.F_GETFL, 0)
+	fl, err := rawFcntl(c.orig, unix.F_GETFL)
 	if err != nil {
 		return err
 	}
@@ -267,13 +288,8 @@ func (c *connectCall) inspect(pid int) error {
 // fdCloexec reads whether pid's fd is close-on-exec from its fdinfo.
 func fdCloexec(pid, fd int) (bool, error) {
 	p := "/proc/" + strconv.Itoa(pid) + "/fdinfo/" + strconv.Itoa(fd)
-	f, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return false, err
-	}
 	var buf [256]byte
-	k, err := unix.Read(f, buf[:])
-	unix.Close(f)
+	k, err := rawReadFile(p, buf[:])
 	if err != nil {
 		return false, err
 	}
@@ -292,30 +308,25 @@ func fdCloexec(pid, fd int) (bool, error) {
 // finish connects a host socket for c, installs it in the process and
 // answers the call with the connect's result.
 func (s *supervisor) finish(id uint64, c *connectCall) {
-	defer unix.Close(c.orig)
+	defer rawClose(c.orig)
 	typ := c.typ | unix.SOCK_CLOEXEC
 	if c.nonblock {
 		typ |= unix.SOCK_NONBLOCK
 	}
-	h, err := unix.Socket(c.domain, typ, c.proto)
+	h, err := rawSocket(c.domain, typ, c.proto)
 	if err != nil {
 		s.logger.Debug("bypass: host socket", "err", err)
 		s.respond(id, 0, true)
 		return
 	}
-	defer unix.Close(h)
+	defer rawClose(h)
 	copyOptions(c.orig, h, c.typ)
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: c.target.Addr().As4(), Port: int(c.target.Port())}
 	if c.domain == unix.AF_INET6 {
 		// The process's socket took IPv4-mapped addresses, so the
 		// host's must too, whatever the host's bindv6only says.
-		unix.SetsockoptInt(h, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
-		sa = &unix.SockaddrInet6{Addr: c.target.Addr().As16(), Port: int(c.target.Port())} // As16 maps IPv4
+		rawSetsockoptInt(h, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
 	}
-	var errno unix.Errno
-	if err := unix.Connect(h, sa); err != nil && !errors.As(err, &errno) {
-		errno = unix.EIO
-	}
+	errno := connectRaw(h, c.domain, c.target, c.nonblock)
 	// A failed blocking connect leaves the process's socket as it was, as
 	// a failed connect does; one in progress is the process's to finish.
 	if errno == 0 || errno == unix.EINPROGRESS {
@@ -334,6 +345,39 @@ func (s *supervisor) finish(id uint64, c *connectCall) {
 		s.claimed.Add(1)
 	}
 	s.respond(id, errno, false)
+}
+
+// connectRaw connects fd to target. A non-blocking connect to loopback
+// runs the whole handshake inside the call, some tens of microseconds;
+// through unix.Connect the runtime's sysmon would often see it as a
+// blocking call and hand the daemon's one P to another thread, a pair of
+// context switches per connect. A raw call keeps the P. A blocking
+// connect, on a goroutine of its own, may wait for the network, so it
+// lets the P go.
+func connectRaw(fd, domain int, target netip.AddrPort, nonblock bool) unix.Errno {
+	var sa4 unix.RawSockaddrInet4
+	var sa6 unix.RawSockaddrInet6
+	var p unsafe.Pointer
+	var l uintptr
+	if domain == unix.AF_INET6 {
+		sa6.Family = unix.AF_INET6
+		sa6.Addr = target.Addr().As16() // IPv4-mapped
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa6.Port))[:], target.Port())
+		p, l = unsafe.Pointer(&sa6), unix.SizeofSockaddrInet6
+	} else {
+		sa4.Family = unix.AF_INET
+		sa4.Addr = target.Addr().As4()
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:], target.Port())
+		p, l = unsafe.Pointer(&sa4), unix.SizeofSockaddrInet4
+	}
+	call := unix.Syscall
+	if nonblock {
+		call = unix.RawSyscall
+	}
+	_, _, errno := call(unix.SYS_CONNECT, uintptr(fd), uintptr(p), l)
+	runtime.KeepAlive(&sa4)
+	runtime.KeepAlive(&sa6)
+	return errno
 }
 
 // respond answers call id: with errno (0 for success), or by letting it
@@ -387,25 +431,27 @@ func copyOptions(orig, h, typ int) {
 		if (stream && !o.stream) || (!stream && !o.dgram) {
 			continue
 		}
-		if v, err := unix.GetsockoptInt(orig, o.level, o.opt); err == nil && v != o.def {
-			unix.SetsockoptInt(h, o.level, o.opt, v)
+		if v, err := rawGetsockoptInt(orig, o.level, o.opt); err == nil && v != o.def {
+			rawSetsockoptInt(h, o.level, o.opt, v)
 			if o.opt == unix.SO_KEEPALIVE {
 				for _, k := range keepaliveOptions {
-					if v, err := unix.GetsockoptInt(orig, unix.IPPROTO_TCP, k); err == nil {
-						unix.SetsockoptInt(h, unix.IPPROTO_TCP, k, v)
+					if v, err := rawGetsockoptInt(orig, unix.IPPROTO_TCP, k); err == nil {
+						rawSetsockoptInt(h, unix.IPPROTO_TCP, k, v)
 					}
 				}
 			}
 		}
 	}
 	if stream {
-		if l, err := unix.GetsockoptLinger(orig, unix.SOL_SOCKET, unix.SO_LINGER); err == nil && l.Onoff != 0 {
-			unix.SetsockoptLinger(h, unix.SOL_SOCKET, unix.SO_LINGER, l)
+		var l unix.Linger
+		if _, err := rawGetsockopt(orig, unix.SOL_SOCKET, unix.SO_LINGER, unsafe.Pointer(&l), unix.SizeofLinger); err == nil && l.Onoff != 0 {
+			rawSetsockopt(h, unix.SOL_SOCKET, unix.SO_LINGER, unsafe.Pointer(&l), unix.SizeofLinger)
 		}
 	}
 	for _, opt := range []int{unix.SO_RCVTIMEO, unix.SO_SNDTIMEO} {
-		if tv, err := unix.GetsockoptTimeval(orig, unix.SOL_SOCKET, opt); err == nil && (tv.Sec != 0 || tv.Usec != 0) {
-			unix.SetsockoptTimeval(h, unix.SOL_SOCKET, opt, tv)
+		var tv unix.Timeval
+		if _, err := rawGetsockopt(orig, unix.SOL_SOCKET, opt, unsafe.Pointer(&tv), uint32(unsafe.Sizeof(tv))); err == nil && (tv.Sec != 0 || tv.Usec != 0) {
+			rawSetsockopt(h, unix.SOL_SOCKET, opt, unsafe.Pointer(&tv), uint32(unsafe.Sizeof(tv)))
 		}
 	}
 }

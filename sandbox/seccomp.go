@@ -123,9 +123,10 @@ func installConnectFilter() (*os.File, error) {
 var errNotifGone = errors.New("trapped system call no longer waiting")
 
 // listenerIoctl runs one ioctl on a listener fd, mapping ENOENT (the
-// notification is gone) to errNotifGone.
+// notification is gone) to errNotifGone. None of the ioctls used waits,
+// RECV included, as run calls it only once poll says a call is pending.
 func listenerIoctl(fd uintptr, req uintptr, arg unsafe.Pointer) (int, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, req, uintptr(arg))
+	r, _, errno := unix.RawSyscall(unix.SYS_IOCTL, fd, req, uintptr(arg))
 	switch errno {
 	case 0:
 		return int(r), nil

@@ -21,6 +21,7 @@ type runOptions struct {
 	interactive bool
 	tty         bool
 	publishAll  bool
+	bypass      bool
 	name        string
 	hostname    string
 	network     string
@@ -64,6 +65,7 @@ func newRunCmd(e *env) *cobra.Command {
 	f.StringArrayVar(&o.dns, "dns", nil, "nameserver for the sandbox's resolv.conf")
 	f.StringArrayVar(&o.dnsSearch, "dns-search", nil, "search domain for the sandbox's resolv.conf")
 	f.StringArrayVar(&o.addHosts, "add-host", nil, "add NAME:IP to the sandbox's /etc/hosts")
+	f.BoolVar(&o.bypass, "bypass", false, "give the sandbox's connections to the host and beyond host sockets (kernel speed; they show host addresses)")
 	return cmd
 }
 
@@ -80,6 +82,7 @@ func (o *runOptions) request(args []string) (api.RunRequest, error) {
 		AutoRemove:  o.autoRemove,
 		Network:     o.network,
 		PublishAll:  o.publishAll,
+		Bypass:      o.bypass,
 		DNSSearch:   o.dnsSearch,
 		Wait:        !o.detach,
 	}
