@@ -201,6 +201,58 @@ func TestBridge(t *testing.T) {
 		}
 	})
 
+	t.Run("bypass hands connections host sockets", func(t *testing.T) {
+		h.fresh(t)
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "host says hello to %s\n", r.RemoteAddr)
+		}))
+		defer srv.Close()
+		port := srv.Listener.Addr().(*net.TCPAddr).Port
+		h.runDetached(t, "--name", "bp", "--bypass", "sleep", "infinity")
+		token := h.website(t)
+		h.runDetached(t, "--name", "peer", "/usr/bin/python3", "-m", "http.server", "80", "--bind", "0.0.0.0", "--directory", h.wwwDir())
+		// curl's local address tells which path a connection took: with
+		// bypass it is the host socket's, not the sandbox's.
+		curl := func(url string) (body, local string) {
+			out := h.ok(t, "exec", "bp", "curl", "-sS", "--max-time", "10", "-w", "\n%{local_ip}", url)
+			i := strings.LastIndex(out, "\n")
+			return out[:i], strings.TrimSpace(out[i+1:])
+		}
+		body, local := curl(fmt.Sprintf("http://%s:%d/", bridgeGateway, port))
+		if !strings.HasPrefix(body, "host says hello to 127.0.0.1:") || local != "127.0.0.1" {
+			t.Errorf("curl to the host through %s with --bypass: %q from local address %s, want the host's answer to 127.0.0.1 from a host socket on 127.0.0.1", bridgeGateway, body, local)
+		}
+		body, local = curl(fmt.Sprintf("http://%s:%d/", inetPeerIP, inetHTTP))
+		if !strings.HasPrefix(body, inetHostIP+":") || local != inetHostIP {
+			t.Errorf("curl to %s with --bypass: server saw %q, local address %s; want both to be the host's %s", inetPeerIP, body, local, inetHostIP)
+		}
+		// On the network, connections stay the sandbox's own.
+		peer := h.ipOf(t, "peer")
+		body, local = curl("http://" + peer + "/")
+		if !strings.Contains(body, token) || local != h.ipOf(t, "bp") {
+			t.Errorf("curl to sandbox %s with --bypass: %q from %s, want the page from the sandbox's own address %s", peer, body, local, h.ipOf(t, "bp"))
+		}
+		// UDP, and a closed port, answer as they do through NAT.
+		out := h.ok(t, "exec", "bp", "dig", "+short", "+time=2", "+tries=3", "@"+inetPeerIP, whoamiName, "TXT")
+		if !strings.HasPrefix(out, `"`+inetHostIP+":") {
+			t.Errorf("DNS from a --bypass sandbox: %q, want \"%s:PORT\"", strings.TrimSpace(out), inetHostIP)
+		}
+		if r := h.usernet(t, "exec", "bp", "curl", "-sS", "--max-time", "5", fmt.Sprintf("http://%s:%d/", bridgeGateway, freePort(t))); r.code != 7 {
+			t.Errorf("curl to a closed host port with --bypass: want connection refused (exit 7): %s", r)
+		}
+		// Bad input is refused and leaves nothing behind.
+		h.createNetwork(t, "--internal", "--subnet", "10.92.0.0/24", "sealed")
+		for _, tc := range []struct{ network, mention string }{{"host", "bridge"}, {"none", "bridge"}, {"sealed", "internal"}} {
+			r := h.usernet(t, "run", "-d", "--name", "bad", "--bypass", "--network", tc.network, "sleep", "infinity")
+			if r.code == 0 || !strings.Contains(r.stderr, "--bypass") || !strings.Contains(r.stderr, tc.mention) {
+				t.Errorf("run --bypass --network %s: want an error naming --bypass and %q: %s", tc.network, tc.mention, r)
+			}
+		}
+		if r := h.usernet(t, "inspect", "bad"); r.code == 0 {
+			t.Errorf("a refused run --bypass left a sandbox: %s", r)
+		}
+	})
+
 	t.Run("publish port", func(t *testing.T) {
 		h.fresh(t)
 		port := freePort(t)

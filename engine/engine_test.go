@@ -938,3 +938,30 @@ func TestForegroundTerminal(t *testing.T) {
 		})
 	}
 }
+
+// TestRunBypass: --bypass hands the sandbox the network's routing for its
+// own connects, and is refused where there is no NAT to route by.
+func TestRunBypass(t *testing.T) {
+	env := newTestEnv(t)
+	_, _, spec := env.run(RunConfig{})
+	if spec.Bypass != nil {
+		t.Error("a sandbox without --bypass got a bypass route")
+	}
+	_, _, spec = env.run(RunConfig{Bypass: true})
+	if spec.Bypass == nil {
+		t.Fatal("a --bypass sandbox got no bypass route")
+	}
+	if target, ok := spec.Bypass(netip.MustParseAddrPort("172.17.0.1:80")); !ok || target != netip.MustParseAddrPort("127.0.0.1:80") {
+		t.Errorf("bypass route for the gateway = %v %v, want the bridge's answer 127.0.0.1:80", target, ok)
+	}
+	for _, network := range []string{"host", "none"} {
+		launched := len(env.launcher.specs)
+		_, _, err := env.e.Run(context.Background(), RunConfig{Args: []string{"true"}, Detach: true, Network: network, Bypass: true})
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "--bypass") {
+			t.Errorf("--bypass --network %s: %v, want ErrInvalid naming --bypass", network, err)
+		}
+		if len(env.launcher.specs) != launched {
+			t.Errorf("--bypass --network %s launched a sandbox", network)
+		}
+	}
+}

@@ -155,6 +155,45 @@ func TestOutboundTCP(t *testing.T) {
 	}
 }
 
+// TestOutboundBypass: a sandbox's own connect goes to the host address
+// the NAT would have dialed, and never to the network itself.
+func TestOutboundBypass(t *testing.T) {
+	subnet := netip.MustParsePrefix("172.17.0.0/16")
+	tests := []struct {
+		name         string
+		hostLoopback bool
+		dst          string
+		want         string // "" = stays with the sandbox
+	}{
+		{"gateway to host loopback", true, "172.17.0.1:80", "127.0.0.1:80"},
+		{"gateway without HostLoopback", false, "172.17.0.1:80", ""},
+		{"outside address", true, "192.0.2.9:443", "192.0.2.9:443"},
+		{"another sandbox", true, "172.17.0.3:80", ""},
+		{"subnet broadcast", true, "172.17.255.255:9", ""},
+		{"loopback", true, "127.0.0.1:80", ""},
+		{"multicast", true, "224.0.0.251:5353", ""},
+		{"port zero", true, "192.0.2.9:0", ""},
+		{"IPv4-mapped outside address", true, "[::ffff:192.0.2.9]:443", "192.0.2.9:443"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := NewOutbound(Config{Gateway: gw, HostLoopback: tc.hostLoopback, Subnet: subnet, Logger: testLogger(t)})
+			defer o.Close()
+			target, ok := o.Bypass(netip.MustParseAddrPort(tc.dst))
+			got := ""
+			if ok {
+				got = target.String()
+			}
+			if got != tc.want {
+				t.Fatalf("Bypass(%s) = %q, want %q", tc.dst, got, tc.want)
+			}
+			if n := o.Stats().Bypassed; (n == 1) != ok {
+				t.Errorf("Stats().Bypassed = %d after one Bypass that reported %v", n, ok)
+			}
+		})
+	}
+}
+
 // blockingDialer blocks every dial until release is closed and reports
 // each dial that started.
 type blockingDialer struct {

@@ -263,6 +263,8 @@ func TestRunParsesFlagsAndCommand(t *testing.T) {
 				{HostIP: netip.MustParseAddr("::1"), HostPort: 9001, ContainerPort: 91, Proto: "tcp"},
 			}},
 			out: fakeID + "\n"},
+		{name: "bypass", args: []string{"run", "--bypass", "true"},
+			want: engine.RunConfig{Args: []string{"true"}, Network: "bridge", Bypass: true}},
 		{name: "publish all exposed", args: []string{"run", "-P", "--expose", "90-91", "--expose", "53/udp", "true"},
 			want: engine.RunConfig{Args: []string{"true"}, Network: "bridge", PublishAll: true,
 				Expose: []engine.PortProto{{Port: 90, Proto: "tcp"}, {Port: 91, Proto: "tcp"}, {Port: 53, Proto: "udp"}}}},
