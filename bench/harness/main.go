@@ -73,7 +73,7 @@ func main() {
 func parseFlags() (options, error) {
 	var (
 		o       options
-		systems = flag.String("systems", "usernet,slirp4netns,pasta,kernel", "systems to compare, comma-separated")
+		systems = flag.String("systems", "usernet,usernet-bypass,slirp4netns,pasta,kernel", "systems to compare, comma-separated")
 		mtus    = flag.String("mtu", "1500,65520", "MTUs, comma-separated")
 		only    = flag.String("w", "", "run only these workloads (IDs as in the report: 1,2,3,4,5,6a,6b,7a,7b,8a,8b,9), comma-separated")
 	)
@@ -206,8 +206,8 @@ func run() (int, error) {
 	for _, name := range o.systems {
 		var s System
 		switch name {
-		case "usernet":
-			u := &usernet{bin: o.usernetBin, src: o.src, workDir: workDir, probe: probePath}
+		case "usernet", "usernet-bypass":
+			u := &usernet{bin: o.usernetBin, src: o.src, workDir: workDir, probe: probePath, bypass: name == "usernet-bypass"}
 			if prof != nil {
 				u.pprofAddr = prof.addr
 			}
@@ -220,7 +220,7 @@ func run() (int, error) {
 		case "kernel":
 			s = &kernel{probe: probePath}
 		default:
-			return 2, fmt.Errorf("-systems: unknown system %q (usernet, slirp4netns, pasta, kernel)", name)
+			return 2, fmt.Errorf("-systems: unknown system %q (usernet, usernet-bypass, slirp4netns, pasta, kernel)", name)
 		}
 		if err := s.Check(ctx); err != nil {
 			res.Unavailable[name] = err.Error()

@@ -22,20 +22,24 @@ func writeReport(w io.Writer, o options, res *results) {
 	}
 	fmt.Fprintf(w, "%d repetition(s), iperf3 -t %d, %d round trips, %d connections x %d in parallel; median (min-max)%s.\n",
 		o.reps, o.seconds, o.rrN, o.connN, 16, mode)
-	fmt.Fprintf(w, "Ratios are usernet's median over the other system's: above 1 is better for usernet for rates (Gbit/s, conn/s), worse for latencies, losses, errors and costs.\n")
+	fmt.Fprintf(w, "Ratios are a usernet variant's median over the other system's: above 1 is better for usernet for rates (Gbit/s, conn/s), worse for latencies, losses, errors and costs. usernet-bypass runs its sandboxes with --bypass, which changes the paths to the host (1, 2, 5, 6b, 7b, 8b) and not the published ones.\n")
 	fmt.Fprintf(w, "kernel: veth to the host, bridge between namespaces; its \"published\" port is the namespace's own address (no proxy).\n\n")
 
 	systems := res.Systems
 	header := []string{"workload", "metric", "MTU"}
 	header = append(header, systems...)
-	hasUsernet := slices.Contains(systems, "usernet")
-	var peers []string
-	if hasUsernet {
-		for _, s := range systems {
-			if s != "usernet" {
-				peers = append(peers, s)
-				header = append(header, "usernet/"+s)
-			}
+	// Each usernet variant gets a ratio column per other system.
+	var ours, peers []string
+	for _, s := range systems {
+		if isUsernet(s) {
+			ours = append(ours, s)
+		} else {
+			peers = append(peers, s)
+		}
+	}
+	for _, o := range ours {
+		for _, p := range peers {
+			header = append(header, o+"/"+p)
 		}
 	}
 	t := report.Table{Header: header}
@@ -99,8 +103,10 @@ func writeReport(w io.Writer, o options, res *results) {
 			}
 			cells = append(cells, c)
 		}
-		for _, p := range peers {
-			cells = append(cells, report.Ratio(sums["usernet"], sums[p]))
+		for _, o := range ours {
+			for _, p := range peers {
+				cells = append(cells, report.Ratio(sums[o], sums[p]))
+			}
 		}
 		t.Add(cells...)
 	}
@@ -174,3 +180,6 @@ func firstLine(s string) string {
 	}
 	return s
 }
+
+// isUsernet reports whether system s is one of usernet's variants.
+func isUsernet(s string) bool { return s == "usernet" || strings.HasPrefix(s, "usernet-") }

@@ -36,6 +36,10 @@ type usernet struct {
 	workDir   string
 	probe     string
 	pprofAddr string // when set, the daemon gets USERNET_PPROF=pprofAddr
+	// bypass runs every sandbox with --bypass: the system
+	// "usernet-bypass", which differs from "usernet" in the paths to the
+	// host and not at all in the published ones.
+	bypass bool
 
 	uid, gid uint32
 	tunMode  os.FileMode
@@ -49,7 +53,21 @@ const (
 	cliTimeout     = 60 * time.Second
 )
 
-func (*usernet) Name() string { return "usernet" }
+// Name is "usernet", or "usernet-bypass" for the --bypass variant.
+func (u *usernet) Name() string {
+	if u.bypass {
+		return "usernet-bypass"
+	}
+	return "usernet"
+}
+
+// runFlags are the flags every sandbox of this system starts with.
+func (u *usernet) runFlags() []string {
+	if u.bypass {
+		return []string{"--bypass"}
+	}
+	return nil
+}
 
 // Check builds cmd/usernet (unless -usernet names a binary), makes sure
 // the bench user exists and /dev/net/tun is usable, and runs a daemon
@@ -141,7 +159,7 @@ type usernetEnv struct {
 // in them as the bench user, waiting for its socket.
 func (u *usernet) startDaemon(ctx context.Context) (*usernetEnv, error) {
 	u.runs++
-	dir := filepath.Join(u.workDir, "usernet-"+strconv.Itoa(u.runs))
+	dir := filepath.Join(u.workDir, u.Name()+"-"+strconv.Itoa(u.runs))
 	home, run, data := filepath.Join(dir, "home"), filepath.Join(dir, "run"), filepath.Join(dir, "data")
 	for _, d := range []string{dir, home, run, data} {
 		if err := os.Mkdir(d, 0o700); err != nil {
@@ -235,16 +253,18 @@ func (e *usernetEnv) build(ctx context.Context, mtu int) error {
 	if err := e.createNetwork(ctx, mtu); err != nil {
 		return err
 	}
-	run := []string{"run", "-d", "--name", "unbench0", "--network", e.network,
+	run := append([]string{"run", "-d", "--name", "unbench0", "--network", e.network}, e.u.runFlags()...)
+	run = append(run,
 		"-p", fmt.Sprintf("127.0.0.1:%d:%d", hostIperfPort, nsIperfPort),
 		"-p", fmt.Sprintf("127.0.0.1:%d:%d", hostTCPEcho, nsTCPEcho),
 		"-p", fmt.Sprintf("127.0.0.1:%d:%d/udp", hostUDPEcho, nsUDPEcho),
-		"--"}
+		"--")
 	if _, err := e.cli(ctx, append(run, serverArgv(e.u.probe)...)...); err != nil {
 		return err
 	}
 	e.sandboxes = append(e.sandboxes, "unbench0")
-	if _, err := e.cli(ctx, "run", "-d", "--name", "unbench1", "--network", e.network, "--", "sleep", "infinity"); err != nil {
+	run = append([]string{"run", "-d", "--name", "unbench1", "--network", e.network}, e.u.runFlags()...)
+	if _, err := e.cli(ctx, append(run, "--", "sleep", "infinity")...); err != nil {
 		return err
 	}
 	e.sandboxes = append(e.sandboxes, "unbench1")
@@ -341,7 +361,8 @@ func (u *usernet) MemoryPerSandbox(ctx context.Context, n int) (float64, error) 
 	}
 	for i := range n {
 		name := "unbench-m" + strconv.Itoa(i)
-		if _, err := e.cli(ctx, "run", "-d", "--name", name, "--network", e.network, "--", "sleep", "infinity"); err != nil {
+		run := append([]string{"run", "-d", "--name", name, "--network", e.network}, e.u.runFlags()...)
+		if _, err := e.cli(ctx, append(run, "--", "sleep", "infinity")...); err != nil {
 			return 0, err
 		}
 		e.sandboxes = append(e.sandboxes, name)
