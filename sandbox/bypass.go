@@ -57,12 +57,21 @@ type supervisor struct {
 	logger *slog.Logger
 	done   chan struct{} // closed when run returns
 
+	// The sandbox's network namespace: sockets of namespaces nested
+	// inside it are left alone.
+	nsDev, nsIno uint64
+
 	claimed atomic.Uint64 // connects given a host socket
 }
 
 // startSupervisor serves listener (which it takes) until the sandbox has
 // no task left or close is called.
-func startSupervisor(listener *os.File, route BypassRoute, logger *slog.Logger) (*supervisor, error) {
+func startSupervisor(listener *os.File, agentPid int, route BypassRoute, logger *slog.Logger) (*supervisor, error) {
+	var ns unix.Stat_t
+	if err := unix.Stat("/proc/"+strconv.Itoa(agentPid)+"/ns/net", &ns); err != nil {
+		listener.Close()
+		return nil, fmt.Errorf("bypass: the sandbox's network namespace: %w", err)
+	}
 	// os.NewFile puts an fd on the netpoller only if it is already
 	// non-blocking; a received fd is not.
 	fd, err := unix.FcntlInt(listener.Fd(), unix.F_DUPFD_CLOEXEC, 0)
@@ -80,7 +89,7 @@ func startSupervisor(listener *os.File, route BypassRoute, logger *slog.Logger) 
 		f.Close()
 		return nil, fmt.Errorf("bypass listener: %w", err)
 	}
-	s := &supervisor{f: f, rc: rc, route: route, logger: logger, done: make(chan struct{})}
+	s := &supervisor{f: f, rc: rc, route: route, logger: logger, done: make(chan struct{}), nsDev: ns.Dev, nsIno: ns.Ino}
 	go s.run()
 	return s, nil
 }
@@ -206,7 +215,7 @@ func (s *supervisor) claim(n *seccompNotif) (*connectCall, error) {
 		return nil, fmt.Errorf("pidfd_getfd: %w", err)
 	}
 	c := &connectCall{fd: fd, target: target, orig: orig, domain: family}
-	if err := c.inspect(int(n.Pid)); err != nil {
+	if err := s.inspect(c, int(n.Pid)); err != nil {
 		rawClose(orig)
 		return nil, err
 	}
@@ -256,8 +265,9 @@ func processFD(tid int) (int, error) {
 }
 
 // inspect checks that c.orig is a fresh TCP or UDP socket of the address's
-// family and reads its flags.
-func (c *connectCall) inspect(pid int) error {
+// family, made in the sandbox's own namespace and watched by no epoll set,
+// and reads its flags.
+func (s *supervisor) inspect(c *connectCall, pid int) error {
 	if d, err := rawGetsockoptInt(c.orig, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || d != c.domain {
 		return fmt.Errorf("not a socket of family %d (%d, %v)", c.domain, d, err)
 	}
@@ -273,6 +283,18 @@ func (c *connectCall) inspect(pid int) error {
 	}
 	if unbound, err := rawUnbound(c.orig); err != nil || !unbound {
 		return fmt.Errorf("socket already bound (%v)", err)
+	}
+	// A namespace nested inside the sandbox (a container in it, ip netns)
+	// routes by its own rules, which the network's policy knows nothing
+	// of.
+	if dev, ino, err := socketNetns(c.orig); err != nil || dev != s.nsDev || ino != s.nsIno {
+		return fmt.Errorf("socket of another network namespace (%v)", err)
+	}
+	// An epoll set watching the socket (nginx adds its upstream sockets
+	// before connecting) would go on watching the old socket, and the
+	// process would never hear from the new one.
+	if watched, err := inEpoll(pid, c.fd); err != nil || watched {
+		return fmt.Errorf("socket already in an epoll set (%v)", err)
 	}
 	fl, err := rawFcntl(c.orig, unix.F_GETFL)
 	if err != nil {

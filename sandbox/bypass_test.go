@@ -19,7 +19,7 @@ import (
 // can reach: nobody reads the sandbox's TAP in this test. It prints one
 // "name result" line per case.
 const bypassClient = `
-import errno, os, select, socket, sys
+import errno, os, select, socket, subprocess, sys
 gw = "10.0.2.2"
 tcp, udp, closed = (int(a) for a in sys.argv[1:4])
 
@@ -80,6 +80,21 @@ u.connect((gw, udp))
 u.send(b"dgram")
 out("udp", u.recv(100).decode())
 u.close()
+
+# A socket an epoll set watches before it connects stays the process's
+# own: the set would not see a new one.
+s = socket.socket()
+s.setblocking(False)
+ep = select.epoll()
+ep.register(s.fileno(), select.EPOLLIN | select.EPOLLOUT)
+s.connect_ex((gw, tcp))
+out("epoll-first", s.getsockname()[0])
+s.close()
+
+# So does a socket of a namespace nested in the sandbox, which has no route.
+nested = "import socket\ntry:\n socket.create_connection(('%s', %d), timeout=5)\n print('connected')\nexcept OSError as e:\n print(e.errno)" % (gw, tcp)
+r = subprocess.run(["unshare", "-n", sys.executable, "-c", nested], capture_output=True, text=True)
+out("nested", (r.stdout + r.stderr).strip().replace("\n", " "))
 
 # What bypass leaves alone: Unix sockets, the sandbox's own loopback and
 # a socket the process bound first (that one goes out of eth0, where
@@ -211,6 +226,8 @@ func TestBypass(t *testing.T) {
 		"unix":             "ok",
 		"loopback":         "127.0.0.1",
 		"bound":            "timeout",
+		"epoll-first":      "10.0.2.15",
+		"nested":           "101", // ENETUNREACH
 	}
 	for k, v := range want {
 		if got[k] != v {

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"strconv"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -112,4 +113,85 @@ func rawReadFile(path string, b []byte) (int, error) {
 	n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 	rawClose(int(fd))
 	return int(n), errnoErr(e)
+}
+
+// kcmpEpollTFD is KCMP_EPOLL_TFD: is a file registered in an epoll set.
+const kcmpEpollTFD = 7
+
+// maxEpollScan bounds the fds inEpoll looks through; a process with more
+// is treated as if the socket were registered.
+const maxEpollScan = 1024
+
+// inEpoll reports whether the socket at fd in thread tid's fd table is
+// registered, under that number, in one of the process's epoll sets.
+func inEpoll(tid, fd int) (bool, error) {
+	p, err := unix.BytePtrFromString("/proc/" + strconv.Itoa(tid) + "/fd")
+	if err != nil {
+		return false, err
+	}
+	cwd := unix.AT_FDCWD
+	dir, _, e := unix.RawSyscall6(unix.SYS_OPENAT, uintptr(cwd), uintptr(unsafe.Pointer(p)), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0, 0, 0)
+	if e != 0 {
+		return false, e
+	}
+	defer rawClose(int(dir))
+	var buf [4096]byte
+	seen := 0
+	for {
+		n, _, e := unix.RawSyscall(unix.SYS_GETDENTS64, dir, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+		if e != 0 {
+			return false, e
+		}
+		if n == 0 {
+			return false, nil
+		}
+		for off := 0; off < int(n); {
+			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
+			reclen := int(*(*uint16)(unsafe.Pointer(&buf[off+16])))
+			name := buf[off+19 : off+reclen]
+			off += reclen
+			efd, ok := atoi(name)
+			if !ok || efd == fd {
+				continue
+			}
+			if seen++; seen > maxEpollScan {
+				return true, nil
+			}
+			slot := struct{ efd, tfd, toff uint32 }{uint32(efd), uint32(fd), 0}
+			r, _, e := unix.RawSyscall6(unix.SYS_KCMP, uintptr(tid), uintptr(tid), kcmpEpollTFD, uintptr(fd), uintptr(unsafe.Pointer(&slot)), 0)
+			if e == 0 && r == 0 {
+				return true, nil
+			}
+		}
+	}
+}
+
+// atoi parses a NUL-terminated decimal fd name.
+func atoi(name []byte) (int, bool) {
+	v := 0
+	for i, c := range name {
+		if c == 0 {
+			return v, i > 0
+		}
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + int(c-'0')
+	}
+	return v, len(name) > 0
+}
+
+// socketNetns returns the device and inode of socket fd's network
+// namespace.
+func socketNetns(fd int) (dev uint64, ino uint64, err error) {
+	ns, _, e := unix.RawSyscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCGSKNS, 0)
+	if e != 0 {
+		return 0, 0, e
+	}
+	defer rawClose(int(ns))
+	var st unix.Stat_t
+	if _, _, e := unix.RawSyscall(unix.SYS_FSTAT, ns, uintptr(unsafe.Pointer(&st)), 0); e != 0 {
+		return 0, 0, e
+	}
+	return st.Dev, st.Ino, nil
 }

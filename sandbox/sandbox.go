@@ -350,7 +350,7 @@ func (s *Sandbox) handle(m *message, files []*os.File) error {
 				s.tap = files[0]
 			}
 			if s.bypass != nil {
-				sup, err := startSupervisor(files[1], s.bypass, s.logger)
+				sup, err := startSupervisor(files[1], s.agent.Process.Pid, s.bypass, s.logger)
 				if err != nil {
 					s.tap.Close()
 					s.tap = nil
