@@ -61,6 +61,8 @@ type supervisor struct {
 	// inside it are left alone.
 	nsDev, nsIno uint64
 
+	threads map[int]*thread // run's alone (thread.go)
+
 	claimed atomic.Uint64 // connects given a host socket
 }
 
@@ -89,7 +91,7 @@ func startSupervisor(listener *os.File, agentPid int, route BypassRoute, logger 
 		f.Close()
 		return nil, fmt.Errorf("bypass listener: %w", err)
 	}
-	s := &supervisor{f: f, rc: rc, route: route, logger: logger, done: make(chan struct{}), nsDev: ns.Dev, nsIno: ns.Ino}
+	s := &supervisor{f: f, rc: rc, route: route, logger: logger, done: make(chan struct{}), nsDev: ns.Dev, nsIno: ns.Ino, threads: make(map[int]*thread)}
 	go s.run()
 	return s, nil
 }
@@ -107,6 +109,7 @@ func (s *supervisor) close() {
 // task is left to stop.
 func (s *supervisor) run() {
 	defer close(s.done)
+	defer s.forgetThreads()
 	for {
 		var n seccompNotif
 		var recvErr error
@@ -205,17 +208,17 @@ func (s *supervisor) claim(n *seccompNotif) (*connectCall, error) {
 		return nil, nil
 	}
 
-	pidfd, err := processFD(int(n.Pid))
+	th, err := s.thread(int(n.Pid))
 	if err != nil {
 		return nil, err
 	}
-	orig, err := rawPidfdGetfd(pidfd, fd)
-	rawClose(pidfd)
+	orig, err := rawPidfdGetfd(th.pidfd, fd)
+	th.done()
 	if err != nil {
 		return nil, fmt.Errorf("pidfd_getfd: %w", err)
 	}
 	c := &connectCall{fd: fd, target: target, orig: orig, domain: family}
-	if err := s.inspect(c, int(n.Pid)); err != nil {
+	if err := s.inspect(c, int(n.Pid), th); err != nil {
 		rawClose(orig)
 		return nil, err
 	}
@@ -229,45 +232,10 @@ func (s *supervisor) claim(n *seccompNotif) (*connectCall, error) {
 	return c, nil
 }
 
-// pidfdThread is PIDFD_THREAD (Linux 6.9): a pidfd for one thread.
-const pidfdThread = unix.O_EXCL
-
-// processFD opens a pidfd whose fd table is that of thread tid, the one
-// that made the call. Before Linux 6.9 a thread other than the process's
-// first has no pidfd of its own (ENOENT), so the process's is opened: the
-// threads share their fds.
-func processFD(tid int) (int, error) {
-	fd, err := rawPidfdOpen(tid, pidfdThread)
-	if err == nil {
-		return fd, nil
-	}
-	fd, err = rawPidfdOpen(tid, 0)
-	if err != unix.ENOENT {
-		if err != nil {
-			return -1, fmt.Errorf("pidfd_open: %w", err)
-		}
-		return fd, nil
-	}
-	status, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/status")
-	if err != nil {
-		return -1, err
-	}
-	_, rest, ok := bytes.Cut(status, []byte("\nTgid:"))
-	line, _, _ := bytes.Cut(rest, []byte("\n"))
-	tgid, err := strconv.Atoi(string(bytes.TrimSpace(line)))
-	if !ok || err != nil {
-		return -1, fmt.Errorf("no Tgid in /proc/%d/status", tid)
-	}
-	if fd, err = rawPidfdOpen(tgid, 0); err != nil {
-		return -1, fmt.Errorf("pidfd_open: %w", err)
-	}
-	return fd, nil
-}
-
 // inspect checks that c.orig is a fresh TCP or UDP socket of the address's
 // family, made in the sandbox's own namespace and watched by no epoll set,
 // and reads its flags.
-func (s *supervisor) inspect(c *connectCall, pid int) error {
+func (s *supervisor) inspect(c *connectCall, pid int, th *thread) error {
 	if d, err := rawGetsockoptInt(c.orig, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || d != c.domain {
 		return fmt.Errorf("not a socket of family %d (%d, %v)", c.domain, d, err)
 	}
@@ -293,7 +261,7 @@ func (s *supervisor) inspect(c *connectCall, pid int) error {
 	// An epoll set watching the socket (nginx adds its upstream sockets
 	// before connecting) would go on watching the old socket, and the
 	// process would never hear from the new one.
-	if watched, err := inEpoll(pid, c.fd); err != nil || watched {
+	if watched, err := th.watched(pid, c.fd); err != nil || watched {
 		return fmt.Errorf("socket already in an epoll set (%v)", err)
 	}
 	fl, err := rawFcntl(c.orig, unix.F_GETFL)

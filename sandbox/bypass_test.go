@@ -5,10 +5,14 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/usernet/usernet/sandbox/sandboxtest"
 	vswitch "github.com/usernet/usernet/switch"
@@ -82,14 +86,19 @@ out("udp", u.recv(100).decode())
 u.close()
 
 # A socket an epoll set watches before it connects stays the process's
-# own: the set would not see a new one.
+# own: the set would not see a new one. (A new process: the daemon keeps a
+# thread's epoll sets for a moment, thread.go.)
+epoll_first = """
+import select, socket
 s = socket.socket()
 s.setblocking(False)
 ep = select.epoll()
 ep.register(s.fileno(), select.EPOLLIN | select.EPOLLOUT)
-s.connect_ex((gw, tcp))
-out("epoll-first", s.getsockname()[0])
-s.close()
+s.connect_ex(('%s', %d))
+print(s.getsockname()[0])
+""" % (gw, tcp)
+r = subprocess.run([sys.executable, "-c", epoll_first], capture_output=True, text=True)
+out("epoll-first", (r.stdout + r.stderr).strip().replace("\n", " "))
 
 # So does a socket of a namespace nested in the sandbox, which has no route.
 nested = "import socket\ntry:\n socket.create_connection(('%s', %d), timeout=5)\n print('connected')\nexcept OSError as e:\n print(e.errno)" % (gw, tcp)
@@ -239,5 +248,47 @@ func TestBypass(t *testing.T) {
 	}
 	if _, ok := peers.Load("127.0.0.1"); !ok {
 		t.Error("the host listener saw no connection from 127.0.0.1")
+	}
+}
+
+// TestScanEpolls: the epoll check sees a socket registered under its own
+// number, and names the epoll sets it passed.
+func TestScanEpolls(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tid := unix.Gettid()
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ep)
+	watched, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(watched)
+	free, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(free)
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, watched, &unix.EpollEvent{Events: unix.EPOLLIN}); err != nil {
+		t.Fatal(err)
+	}
+	if w, _, err := scanEpolls(tid, watched); err != nil || !w {
+		t.Errorf("scanEpolls(watched socket) = %v, %v; want true", w, err)
+	}
+	w, epolls, err := scanEpolls(tid, free)
+	if err != nil || w || !slices.Contains(epolls, ep) {
+		t.Errorf("scanEpolls(free socket) = %v, %v, %v; want false and the epoll set %d among the sets", w, epolls, err, ep)
+	}
+	if e := epollHas(tid, ep, watched); e != 0 {
+		t.Errorf("epollHas(watched) = %v, want 0", e)
+	}
+	if e := epollHas(tid, ep, free); e != unix.ENOENT {
+		t.Errorf("epollHas(free) = %v, want ENOENT", e)
+	}
+	if e := epollHas(tid, free, watched); e == 0 || e == unix.ENOENT {
+		t.Errorf("epollHas on a socket as the set = %v, want an error saying it is no epoll set", e)
 	}
 }

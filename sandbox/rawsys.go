@@ -118,21 +118,22 @@ func rawReadFile(path string, b []byte) (int, error) {
 // kcmpEpollTFD is KCMP_EPOLL_TFD: is a file registered in an epoll set.
 const kcmpEpollTFD = 7
 
-// maxEpollScan bounds the fds inEpoll looks through; a process with more
-// is treated as if the socket were registered.
+// maxEpollScan bounds the fds scanEpolls looks through; a process with
+// more is treated as if the socket were registered.
 const maxEpollScan = 1024
 
-// inEpoll reports whether the socket at fd in thread tid's fd table is
-// registered, under that number, in one of the process's epoll sets.
-func inEpoll(tid, fd int) (bool, error) {
+// scanEpolls looks at every fd of thread tid's process and reports
+// whether the socket at fd is registered, under that number, in an epoll
+// set among them, and which fds are epoll sets.
+func scanEpolls(tid, fd int) (watched bool, epolls []int, err error) {
 	p, err := unix.BytePtrFromString("/proc/" + strconv.Itoa(tid) + "/fd")
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	cwd := unix.AT_FDCWD
 	dir, _, e := unix.RawSyscall6(unix.SYS_OPENAT, uintptr(cwd), uintptr(unsafe.Pointer(p)), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0, 0, 0)
 	if e != 0 {
-		return false, e
+		return false, nil, e
 	}
 	defer rawClose(int(dir))
 	var buf [4096]byte
@@ -140,10 +141,10 @@ func inEpoll(tid, fd int) (bool, error) {
 	for {
 		n, _, e := unix.RawSyscall(unix.SYS_GETDENTS64, dir, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
 		if e != 0 {
-			return false, e
+			return false, nil, e
 		}
 		if n == 0 {
-			return false, nil
+			return false, epolls, nil
 		}
 		for off := 0; off < int(n); {
 			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
@@ -155,15 +156,28 @@ func inEpoll(tid, fd int) (bool, error) {
 				continue
 			}
 			if seen++; seen > maxEpollScan {
-				return true, nil
+				return true, nil, nil
 			}
-			slot := struct{ efd, tfd, toff uint32 }{uint32(efd), uint32(fd), 0}
-			r, _, e := unix.RawSyscall6(unix.SYS_KCMP, uintptr(tid), uintptr(tid), kcmpEpollTFD, uintptr(fd), uintptr(unsafe.Pointer(&slot)), 0)
-			if e == 0 && r == 0 {
-				return true, nil
+			switch epollHas(tid, efd, fd) {
+			case 0:
+				return true, nil, nil
+			case unix.ENOENT: // an epoll set, without the socket
+				epolls = append(epolls, efd)
 			}
 		}
 	}
+}
+
+// epollHas reports, as 0, that the socket at fd of thread tid's process is
+// in the epoll set at efd; ENOENT means efd is an epoll set without it,
+// other errnos that efd is no epoll set.
+func epollHas(tid, efd, fd int) unix.Errno {
+	slot := struct{ efd, tfd, toff uint32 }{uint32(efd), uint32(fd), 0}
+	r, _, e := unix.RawSyscall6(unix.SYS_KCMP, uintptr(tid), uintptr(tid), kcmpEpollTFD, uintptr(fd), uintptr(unsafe.Pointer(&slot)), 0)
+	if e == 0 && r != 0 {
+		return unix.ENOENT // registered, but another file under that number
+	}
+	return e
 }
 
 // atoi parses a NUL-terminated decimal fd name.
