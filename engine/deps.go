@@ -49,6 +49,9 @@ type launchSpec struct {
 	// Bypass, when set, routes the sandbox's own connects to host
 	// sockets (sandbox.Spec.Bypass).
 	Bypass func(dst netip.AddrPort) (netip.AddrPort, bool)
+	// Logger receives the sandbox's own warnings (its agent's, its
+	// bypass supervisor's).
+	Logger *slog.Logger
 }
 
 // launchIface is the sandbox's eth0.

@@ -947,9 +947,12 @@ func TestRunBypass(t *testing.T) {
 	if spec.Bypass != nil {
 		t.Error("a sandbox without --bypass got a bypass route")
 	}
-	_, _, spec = env.run(RunConfig{Bypass: true})
+	id, _, spec := env.run(RunConfig{Bypass: true})
 	if spec.Bypass == nil {
 		t.Fatal("a --bypass sandbox got no bypass route")
+	}
+	if j, err := env.e.Inspect(id); err != nil || !j.HostConfig.UsernetBypass {
+		t.Errorf("inspect of a --bypass sandbox: UsernetBypass false (%v)", err)
 	}
 	if target, ok := spec.Bypass(netip.MustParseAddrPort("172.17.0.1:80")); !ok || target != netip.MustParseAddrPort("127.0.0.1:80") {
 		t.Errorf("bypass route for the gateway = %v %v, want the bridge's answer 127.0.0.1:80", target, ok)

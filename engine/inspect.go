@@ -65,6 +65,8 @@ type HostConfig struct {
 	DNSOptions      []string `json:"DnsOptions"`
 	DNSSearch       []string `json:"DnsSearch"`
 	ExtraHosts      []string `json:"ExtraHosts"` // "name:ip", null when none
+	// UsernetBypass is usernet's own: the sandbox runs with --bypass.
+	UsernetBypass bool `json:"UsernetBypass,omitempty"`
 }
 
 // ContainerConfig is the Config object of ContainerJSON.

@@ -401,6 +401,7 @@ func (e *Engine) prepareFiles(cfg RunConfig, rec *containerRecord, net *network,
 	}
 	undo.push(func() { e.removeFiles(rec.ID) })
 	ls := launchSpec{
+		Logger:   e.log.With("sandbox", rec.Name),
 		Args:     spec.Args,
 		Env:      launchEnv(spec),
 		Hostname: spec.Hostname,

@@ -222,6 +222,7 @@ func containerJSON(r *containerRecord, n *network) ContainerJSON {
 			PortBindings:    PortMap{},
 			AutoRemove:      s.AutoRemove,
 			PublishAllPorts: s.PublishAll,
+			UsernetBypass:   s.Bypass,
 			DNS:             []string{},
 			DNSOptions:      []string{},
 			DNSSearch:       []string{},

@@ -43,6 +43,7 @@ func (sandboxLauncher) Launch(ctx context.Context, ls launchSpec) (sandboxProces
 		Net:        sandboxModes[ls.Mode],
 		ResolvConf: ls.ResolvConf,
 		Hosts:      ls.Hosts,
+		Logger:     ls.Logger,
 	}
 	if ls.Bypass != nil {
 		spec.Bypass = ls.Bypass

@@ -194,7 +194,7 @@ func newSandbox(agent *exec.Cmd, ctl *net.UnixConn, logger *slog.Logger, mode Ne
 		bypass:   bypass,
 		agent:    agent,
 		ctl:      ctl,
-		logger:   logger.With("sandbox", agent.Process.Pid),
+		logger:   logger.With("agent_pid", agent.Process.Pid),
 		netMode:  mode,
 		exited:   make(chan struct{}),
 		procs:    make(map[uint64]*Process),

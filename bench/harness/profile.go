@@ -27,15 +27,16 @@ type profiler struct {
 // start begins a CPU profile of seconds-1 seconds (so it ends inside the
 // run) for a usernet Env and returns a function that waits for it and
 // then saves the allocation profile. Profiles go to
-// DIR/usernet-mtuM-TAG-{cpu,allocs}.pprof.
+// DIR/SYSTEM-mtuM-TAG-{cpu,allocs}.pprof (SYSTEM: usernet or usernet-bypass).
 func (p *profiler) start(ctx context.Context, e Env, tag string, seconds int) func() {
 	if p == nil {
 		return func() {}
 	}
-	if _, ok := e.(*usernetEnv); !ok {
+	ue, ok := e.(*usernetEnv)
+	if !ok {
 		return func() {}
 	}
-	base := filepath.Join(p.dir, fmt.Sprintf("usernet-mtu%d-%s", p.mtu, tag))
+	base := filepath.Join(p.dir, fmt.Sprintf("%s-mtu%d-%s", ue.u.Name(), p.mtu, tag))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
