@@ -10,7 +10,6 @@ import (
 	"os"
 	"runtime"
 	"strconv"
-	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -62,8 +61,6 @@ type supervisor struct {
 	nsDev, nsIno uint64
 
 	threads map[int]*thread // run's alone (thread.go)
-
-	claimed atomic.Uint64 // connects given a host socket
 }
 
 // startSupervisor serves listener (which it takes) until the sandbox has
@@ -117,11 +114,11 @@ func (s *supervisor) run() {
 		err := s.rc.Read(func(fd uintptr) bool {
 			// RECV would block whatever O_NONBLOCK says; poll first so
 			// that the netpoller does the waiting.
-			p := unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
-			if k, _, e := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&p)), 1, uintptr(unsafe.Pointer(&unix.Timespec{})), 0, 0, 0); e != 0 || k == 0 {
+			revents := rawPoll(int(fd), unix.POLLIN)
+			if revents == 0 {
 				return false
 			}
-			if p.Revents&unix.POLLIN == 0 {
+			if revents&unix.POLLIN == 0 {
 				hup = true
 				return true
 			}
@@ -332,7 +329,6 @@ func (s *supervisor) finish(id uint64, c *connectCall) {
 			}
 			return
 		}
-		s.claimed.Add(1)
 	}
 	s.respond(id, errno, false)
 }

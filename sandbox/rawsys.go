@@ -209,3 +209,14 @@ func socketNetns(fd int) (dev uint64, ino uint64, err error) {
 	}
 	return st.Dev, st.Ino, nil
 }
+
+// rawPoll polls fd once without waiting and returns its revents, 0 when
+// nothing is ready or the poll failed.
+func rawPoll(fd int, events int16) int16 {
+	p := unix.PollFd{Fd: int32(fd), Events: events}
+	var ts unix.Timespec
+	if k, _, e := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&p)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0); e != 0 || k == 0 {
+		return 0
+	}
+	return p.Revents
+}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"strconv"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -102,11 +101,7 @@ func (th *thread) watched(tid, fd int) (bool, error) {
 }
 
 // alive reports whether the task behind pidfd still runs.
-func alive(pidfd int) bool {
-	p := unix.PollFd{Fd: int32(pidfd), Events: unix.POLLIN}
-	k, _, e := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&p)), 1, uintptr(unsafe.Pointer(&unix.Timespec{})), 0, 0, 0)
-	return e == 0 && k == 0
-}
+func alive(pidfd int) bool { return rawPoll(pidfd, unix.POLLIN) == 0 }
 
 // processFD opens a pidfd whose fd table is that of thread tid, on a
 // kernel without thread pidfds. A thread other than the process's first
