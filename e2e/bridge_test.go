@@ -176,11 +176,7 @@ func TestBridge(t *testing.T) {
 		h.fresh(t)
 		// A web server on the host's loopback only: the gateway address is
 		// the host's 127.0.0.1 as seen from the sandbox.
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprintf(w, "host says hello to %s\n", r.RemoteAddr)
-		}))
-		defer srv.Close()
-		port := srv.Listener.Addr().(*net.TCPAddr).Port
+		port := helloServer(t)
 		h.runDetached(t, "--name", "aa", "sleep", "infinity")
 		out := h.ok(t, "exec", "aa", "curl", "-sS", "--max-time", "10", fmt.Sprintf("http://%s:%d/", bridgeGateway, port))
 		if !strings.HasPrefix(out, "host says hello to 127.0.0.1:") {
@@ -203,11 +199,7 @@ func TestBridge(t *testing.T) {
 
 	t.Run("bypass hands connections host sockets", func(t *testing.T) {
 		h.fresh(t)
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprintf(w, "host says hello to %s\n", r.RemoteAddr)
-		}))
-		defer srv.Close()
-		port := srv.Listener.Addr().(*net.TCPAddr).Port
+		port := helloServer(t)
 		h.runDetached(t, "--name", "bp", "--bypass", "sleep", "infinity")
 		token := h.website(t)
 		h.runDetached(t, "--name", "peer", "/usr/bin/python3", "-m", "http.server", "80", "--bind", "0.0.0.0", "--directory", h.wwwDir())
@@ -613,6 +605,17 @@ while True:
 			t.Errorf("usernet port hp (--network host): %q, want nothing", out)
 		}
 	})
+}
+
+// helloServer starts a web server on the host's loopback, closed when the
+// test ends, that answers "host says hello to ADDR:PORT" with the client's
+// address, and returns its port.
+func helloServer(t *testing.T) int {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "host says hello to %s\n", r.RemoteAddr)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().(*net.TCPAddr).Port
 }
 
 // website writes an index.html with a fresh token into the directory the
