@@ -28,8 +28,11 @@ import (
 //   - The daemon reads the address from the stopped process's memory. An
 //     IPv4 address (or an IPv4-mapped IPv6 one) that the network would NAT
 //     to the host (BypassRoute, nat.Outbound.Bypass) on an unbound TCP or
-//     UDP socket is claimed; everything else (Unix sockets, addresses on
-//     the network, bound sockets, ping sockets) continues unchanged.
+//     UDP socket of the sandbox's own namespace, which no epoll set
+//     watches yet, is claimed; everything else (Unix sockets, addresses
+//     on the network, bound sockets, ping sockets, nested namespaces'
+//     sockets, sockets an epoll set would go on watching) continues
+//     unchanged.
 //   - For a claimed call the daemon makes a socket of the same kind in its
 //     own namespace, copies the options a client sets before connecting,
 //     connects it itself to where the NAT would have (the gateway's
@@ -43,9 +46,10 @@ import (
 // the connection is not in the sandbox's netstat or tcpdump. Every
 // connect(2) in the sandbox, including to Unix sockets, costs a round trip
 // to the daemon, about as long as the connect itself on loopback.
-//
-// BypassRoute says where a connection to dst goes as a host socket: the
-// target to connect to, or false to leave the connect alone.
+
+// BypassRoute says where a sandbox's own connection to dst goes as a host
+// socket (Spec.Bypass): the target to connect to, or false to leave the
+// connect alone.
 type BypassRoute func(dst netip.AddrPort) (target netip.AddrPort, ok bool)
 
 // supervisor answers one sandbox's stopped connect calls.
