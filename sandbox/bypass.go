@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -169,7 +170,7 @@ func (s *supervisor) handle(n *seccompNotif) {
 		return
 	}
 	// A blocking connect may take as long as the destination does to
-	// answer; the loop must not wait for it.
+	// answer; the loop must not wait for it (waitConnected parks).
 	go s.finish(n.ID, c)
 }
 
@@ -300,11 +301,11 @@ func fdCloexec(pid, fd int) (bool, error) {
 // answers the call with the connect's result.
 func (s *supervisor) finish(id uint64, c *connectCall) {
 	defer rawClose(c.orig)
-	typ := c.typ | unix.SOCK_CLOEXEC
-	if c.nonblock {
-		typ |= unix.SOCK_NONBLOCK
-	}
-	h, err := rawSocket(c.domain, typ, c.proto)
+	// The daemon's socket is non-blocking whatever the process's is: a
+	// blocking connect waits on the netpoller (waitConnected), not in a
+	// thread of its own, so a sandbox cannot pile up daemon threads by
+	// connecting to addresses that never answer.
+	h, err := rawSocket(c.domain, c.typ|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, c.proto)
 	if err != nil {
 		s.logger.Debug("bypass: host socket", "err", err)
 		s.respond(id, 0, true)
@@ -317,9 +318,18 @@ func (s *supervisor) finish(id uint64, c *connectCall) {
 		// host's must too, whatever the host's bindv6only says.
 		rawSetsockoptInt(h, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
 	}
-	errno := connectRaw(h, c.domain, c.target, c.nonblock)
-	// A failed blocking connect leaves the process's socket as it was, as
-	// a failed connect does; one in progress is the process's to finish.
+	errno := connectRaw(h, c.domain, c.target)
+	if !c.nonblock {
+		if errno == unix.EINPROGRESS {
+			errno = waitConnected(h, sendTimeout(c.orig))
+		}
+		if fl, err := rawFcntl(h, unix.F_GETFL); err == nil {
+			unix.RawSyscall(unix.SYS_FCNTL, uintptr(h), unix.F_SETFL, uintptr(fl&^unix.O_NONBLOCK))
+		}
+	}
+	// A failed connect leaves the process's socket as it was, as a failed
+	// connect does; one in progress (non-blocking, or a blocking one past
+	// SO_SNDTIMEO) is the process's to finish.
 	if errno == 0 || errno == unix.EINPROGRESS {
 		flags := uint32(0)
 		if c.cloexec {
@@ -337,14 +347,12 @@ func (s *supervisor) finish(id uint64, c *connectCall) {
 	s.respond(id, errno, false)
 }
 
-// connectRaw connects fd to target. A non-blocking connect to loopback
-// runs the whole handshake inside the call, some tens of microseconds;
+// connectRaw starts connecting the non-blocking socket fd to target. To
+// loopback the call runs the whole handshake, some tens of microseconds;
 // through unix.Connect the runtime's sysmon would often see it as a
 // blocking call and hand the daemon's one P to another thread, a pair of
-// context switches per connect. A raw call keeps the P. A blocking
-// connect, on a goroutine of its own, may wait for the network, so it
-// lets the P go.
-func connectRaw(fd, domain int, target netip.AddrPort, nonblock bool) unix.Errno {
+// context switches per connect. A raw call keeps the P.
+func connectRaw(fd, domain int, target netip.AddrPort) unix.Errno {
 	var sa4 unix.RawSockaddrInet4
 	var sa6 unix.RawSockaddrInet6
 	var p unsafe.Pointer
@@ -360,14 +368,63 @@ func connectRaw(fd, domain int, target netip.AddrPort, nonblock bool) unix.Errno
 		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:], target.Port())
 		p, l = unsafe.Pointer(&sa4), unix.SizeofSockaddrInet4
 	}
-	call := unix.Syscall
-	if nonblock {
-		call = unix.RawSyscall
-	}
-	_, _, errno := call(unix.SYS_CONNECT, uintptr(fd), uintptr(p), l)
+	_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(p), l)
 	runtime.KeepAlive(&sa4)
 	runtime.KeepAlive(&sa6)
 	return errno
+}
+
+// waitConnected waits, on the netpoller, for the connect in progress on
+// fd to end, at most timeout when that is not zero (then the answer is
+// EINPROGRESS, as a blocking connect past its SO_SNDTIMEO returns).
+func waitConnected(fd int, timeout time.Duration) unix.Errno {
+	// A duplicate, for the netpoller to own and forget on Close; the
+	// socket itself stays the caller's.
+	d, err := rawFcntl(fd, unix.F_DUPFD_CLOEXEC)
+	if err != nil {
+		return unix.EIO
+	}
+	f := os.NewFile(uintptr(d), "bypass-connect")
+	defer f.Close()
+	if timeout > 0 {
+		f.SetWriteDeadline(time.Now().Add(timeout))
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return unix.EIO
+	}
+	var result unix.Errno
+	err = rc.Write(func(fd uintptr) bool {
+		if v, err := rawGetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); err != nil || v != 0 {
+			result = unix.Errno(v)
+			if err != nil {
+				result = err.(unix.Errno)
+			}
+			return true
+		}
+		// Writable with no error may still be a spurious wake: only a
+		// peer says connected.
+		var sa unix.RawSockaddrAny
+		l := uint32(unix.SizeofSockaddrAny)
+		_, _, e := unix.RawSyscall(unix.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)))
+		return e == 0
+	})
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return unix.EINPROGRESS
+	case err != nil:
+		return unix.EIO
+	}
+	return result
+}
+
+// sendTimeout is socket fd's SO_SNDTIMEO, which bounds a blocking connect.
+func sendTimeout(fd int) time.Duration {
+	var tv unix.Timeval
+	if _, err := rawGetsockopt(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, unsafe.Pointer(&tv), uint32(unsafe.Sizeof(tv))); err != nil {
+		return 0
+	}
+	return time.Duration(tv.Nano())
 }
 
 // respond answers call id: with errno (0 for success), or by letting it

@@ -19,13 +19,14 @@ import (
 )
 
 // bypassClient runs inside the sandbox. Its argv: the TCP port, the UDP
-// port and a closed TCP port on the gateway's address, which only bypass
+// port, a closed TCP port and the port of a listener whose queue is full,
+// on the gateway's address, which only bypass
 // can reach: nobody reads the sandbox's TAP in this test. It prints one
 // "name result" line per case.
 const bypassClient = `
-import errno, os, select, socket, subprocess, sys
+import errno, os, select, socket, struct, subprocess, sys, time
 gw = "10.0.2.2"
-tcp, udp, closed = (int(a) for a in sys.argv[1:4])
+tcp, udp, closed, full = (int(a) for a in sys.argv[1:5])
 
 def out(name, value):
     print(name, value, flush=True)
@@ -76,6 +77,17 @@ try:
     out("refused", "connected")
 except OSError as e:
     out("refused", errno.errorcode.get(e.errno, e))
+
+# A blocking connect that gets no answer (the listener's queue is full)
+# ends at SO_SNDTIMEO with EINPROGRESS, as the kernel's does.
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 1, 0))
+t0 = time.time()
+try:
+    s.connect((gw, full))
+    out("sndtimeo", "connected")
+except OSError as e:
+    out("sndtimeo", "%s %s" % (errno.errorcode.get(e.errno, e.errno), 0.8 < time.time() - t0 < 5))
 
 # Connected UDP.
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -188,6 +200,8 @@ func TestBypass(t *testing.T) {
 	closedPort := closed.Addr().(*net.TCPAddr).Port
 	closed.Close()
 
+	fullPort := fullListener(t)
+
 	gw := netip.MustParseAddr("10.0.2.2")
 	route := func(dst netip.AddrPort) (netip.AddrPort, bool) {
 		if dst.Addr() != gw {
@@ -198,7 +212,7 @@ func TestBypass(t *testing.T) {
 	port := func(a net.Addr) string { return strconv.Itoa(int(netip.MustParseAddrPort(a.String()).Port())) }
 	outR, outW := pipe(t)
 	s := start(t, Spec{
-		Args:   []string{python, "-c", bypassClient, port(ln.Addr()), port(pc.LocalAddr()), strconv.Itoa(closedPort)},
+		Args:   []string{python, "-c", bypassClient, port(ln.Addr()), port(pc.LocalAddr()), strconv.Itoa(closedPort), strconv.Itoa(fullPort)},
 		Stdout: outW,
 		Stderr: outW,
 		Net:    NetBridge,
@@ -231,6 +245,7 @@ func TestBypass(t *testing.T) {
 		"nonblocking-talk": "echo two",
 		"mapped":           "echo six",
 		"refused":          "ECONNREFUSED",
+		"sndtimeo":         "EINPROGRESS True",
 		"udp":              "echo dgram",
 		"unix":             "ok",
 		"loopback":         "127.0.0.1",
@@ -291,4 +306,34 @@ func TestScanEpolls(t *testing.T) {
 	if e := epollHas(tid, free, watched); e == 0 || e == unix.ENOENT {
 		t.Errorf("epollHas on a socket as the set = %v, want an error saying it is no epoll set", e)
 	}
+}
+
+// fullListener returns the port of a loopback listener that never accepts
+// and whose queue is already full, so that a further connect's SYNs go
+// unanswered.
+func fullListener(t *testing.T) int {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := sa.(*unix.SockaddrInet4).Port
+	// A backlog of 0 queues one connection; this one fills it.
+	c, err := net.Dial("tcp4", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return port
 }
