@@ -312,7 +312,7 @@ func (s *supervisor) finish(id uint64, c *connectCall) {
 		return
 	}
 	defer rawClose(h)
-	copyOptions(c.orig, h, c.typ)
+	sendTimeout := copyOptions(c.orig, h, c.typ)
 	if c.domain == unix.AF_INET6 {
 		// The process's socket took IPv4-mapped addresses, so the
 		// host's must too, whatever the host's bindv6only says.
@@ -321,7 +321,7 @@ func (s *supervisor) finish(id uint64, c *connectCall) {
 	errno := connectRaw(h, c.domain, c.target)
 	if !c.nonblock {
 		if errno == unix.EINPROGRESS {
-			errno = waitConnected(h, sendTimeout(c.orig))
+			errno = waitConnected(h, sendTimeout)
 		}
 		if fl, err := rawFcntl(h, unix.F_GETFL); err == nil {
 			unix.RawSyscall(unix.SYS_FCNTL, uintptr(h), unix.F_SETFL, uintptr(fl&^unix.O_NONBLOCK))
@@ -418,15 +418,6 @@ func waitConnected(fd int, timeout time.Duration) unix.Errno {
 	return result
 }
 
-// sendTimeout is socket fd's SO_SNDTIMEO, which bounds a blocking connect.
-func sendTimeout(fd int) time.Duration {
-	var tv unix.Timeval
-	if _, err := rawGetsockopt(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, unsafe.Pointer(&tv), uint32(unsafe.Sizeof(tv))); err != nil {
-		return 0
-	}
-	return time.Duration(tv.Nano())
-}
-
 // respond answers call id: with errno (0 for success), or by letting it
 // run as the process made it.
 func (s *supervisor) respond(id uint64, errno unix.Errno, cont bool) {
@@ -471,8 +462,9 @@ var keepaliveOptions = []int{unix.TCP_KEEPIDLE, unix.TCP_KEEPINTVL, unix.TCP_KEE
 // copyOptions gives h the options from orig that a client sets before
 // connect and that change how the connection behaves. Failures are
 // ignored: the connection works without them, as it would have with
-// options the netstack path ignores.
-func copyOptions(orig, h, typ int) {
+// options the netstack path ignores. It returns orig's SO_SNDTIMEO, which
+// bounds a blocking connect.
+func copyOptions(orig, h, typ int) (sendTimeout time.Duration) {
 	stream := typ == unix.SOCK_STREAM
 	for _, o := range copiedOptions {
 		if (stream && !o.stream) || (!stream && !o.dgram) {
@@ -499,6 +491,10 @@ func copyOptions(orig, h, typ int) {
 		var tv unix.Timeval
 		if _, err := rawGetsockopt(orig, unix.SOL_SOCKET, opt, unsafe.Pointer(&tv), uint32(unsafe.Sizeof(tv))); err == nil && (tv.Sec != 0 || tv.Usec != 0) {
 			rawSetsockopt(h, unix.SOL_SOCKET, opt, unsafe.Pointer(&tv), uint32(unsafe.Sizeof(tv)))
+			if opt == unix.SO_SNDTIMEO {
+				sendTimeout = time.Duration(tv.Nano())
+			}
 		}
 	}
+	return sendTimeout
 }
