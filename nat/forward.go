@@ -8,10 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Published ports, host to network:
@@ -323,7 +326,13 @@ func (f *Forwards) listen(m Mapping) (*published, error) {
 	if m.HostIP.IsValid() {
 		addr = netip.AddrPortFrom(m.HostIP, m.HostPort).String()
 	}
-	lc := net.ListenConfig{KeepAliveConfig: hostKeepAlive}
+	// Accepted clients get hostKeepAlive by inheriting it from the
+	// listening socket (the kernel copies it into each), rather than
+	// through four setsockopts on every accept.
+	lc := net.ListenConfig{KeepAlive: -1}
+	if m.Proto == "tcp" {
+		lc.Control = keepAliveListener
+	}
 	p := &published{f: f, m: m, conns: make(map[net.Conn]struct{}), inflight: newInFlight(forwardMaxInFlight, forwardMaxPerClient)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	var local net.Addr
@@ -355,6 +364,29 @@ func (f *Forwards) listen(m Mapping) (*published, error) {
 		p.m.HostPort = uint16(a.Port)
 	}
 	return p, nil
+}
+
+// keepAliveListener is a ListenConfig.Control that turns hostKeepAlive
+// on for a listening TCP socket, and so for every socket it accepts.
+func keepAliveListener(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		for _, o := range []struct{ level, opt, v int }{
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(hostKeepAlive.Idle / time.Second)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(hostKeepAlive.Interval / time.Second)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, hostKeepAlive.Count},
+		} {
+			if err := unix.SetsockoptInt(int(fd), o.level, o.opt, o.v); err != nil {
+				serr = os.NewSyscallError("setsockopt", err)
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 // listenError turns a listen failure into the error Add reports.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 )
 
 func TestGuestSource(t *testing.T) {
@@ -305,4 +306,67 @@ func dialUDP(t *testing.T, to netip.AddrPort) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// TestForwardsTCPKeepAlive: a published port's accepted clients probe
+// idle connections as hostKeepAlive says (inherited from the listening
+// socket, not set per accept).
+func TestForwardsTCPKeepAlive(t *testing.T) {
+	d := &loopDialer{tcp: greeter(t)}
+	f := NewForwards(d, gw, testLogger(t))
+	defer f.Close()
+	m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: netip.MustParseAddrPort("172.17.0.2:80")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, m.HostPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
+		t.Fatal(err) // the relay is up, so the accepted socket is tracked
+	}
+	f.mu.Lock()
+	var accepted *net.TCPConn
+	for _, p := range f.ports {
+		p.mu.Lock()
+		for conn := range p.conns {
+			if tc, ok := conn.(*net.TCPConn); ok && tc.RemoteAddr().String() == c.LocalAddr().String() {
+				accepted = tc
+			}
+		}
+		p.mu.Unlock()
+	}
+	f.mu.Unlock()
+	if accepted == nil {
+		t.Fatal("the published port tracks no connection from the client")
+	}
+	checkKeepAlive(t, "accepted client", accepted)
+}
+
+// checkKeepAlive fails t unless c probes idle connections as
+// hostKeepAlive says.
+func checkKeepAlive(t *testing.T, what string, c *net.TCPConn) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) {
+		for _, o := range []struct {
+			name       string
+			level, opt int
+			want       int
+		}{
+			{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+			{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(hostKeepAlive.Idle / time.Second)},
+			{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(hostKeepAlive.Interval / time.Second)},
+			{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, hostKeepAlive.Count},
+		} {
+			if v, err := unix.GetsockoptInt(int(fd), o.level, o.opt); err != nil || v != o.want {
+				t.Errorf("%s's %s = %d, %v; want %d", what, o.name, v, err, o.want)
+			}
+		}
+	})
 }

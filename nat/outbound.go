@@ -100,12 +100,15 @@ type Stats struct {
 // stack.UDPHandler and stack.EchoHandler; its methods are safe for
 // concurrent use. Close it when the network goes away.
 type Outbound struct {
-	cfg      Config
-	logger   *slog.Logger
-	limited  *logLimiter
-	dialer   HostDialer
-	inflight *inFlight
-	echo     *echoForwarder
+	cfg     Config
+	logger  *slog.Logger
+	limited *logLimiter
+	dialer  HostDialer
+	// setKeepAlive: the dialer is the caller's, which may not enable
+	// keepalives on what it dials (the default one does, at dial time).
+	setKeepAlive bool
+	inflight     *inFlight
+	echo         *echoForwarder
 
 	ctx    context.Context // cancelled by Close; bounds host dials
 	cancel context.CancelFunc
@@ -148,18 +151,20 @@ func NewOutbound(cfg Config) *Outbound {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
-	if cfg.Dialer == nil {
+	custom := cfg.Dialer != nil
+	if !custom {
 		cfg.Dialer = &net.Dialer{Timeout: cfg.DialTimeout, KeepAliveConfig: hostKeepAlive}
 	}
 	cfg.Gateway = cfg.Gateway.Unmap()
 	o := &Outbound{
-		cfg:      cfg,
-		logger:   cfg.Logger,
-		limited:  newLogLimiter(cfg.Logger, cfg.Clock),
-		dialer:   cfg.Dialer,
-		inflight: newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerSource),
-		live:     make(map[io.Closer]struct{}),
-		udp:      newFlowTable[*udpFlow](cfg.MaxUDPFlows),
+		cfg:          cfg,
+		logger:       cfg.Logger,
+		limited:      newLogLimiter(cfg.Logger, cfg.Clock),
+		dialer:       cfg.Dialer,
+		setKeepAlive: custom,
+		inflight:     newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerSource),
+		live:         make(map[io.Closer]struct{}),
+		udp:          newFlowTable[*udpFlow](cfg.MaxUDPFlows),
 	}
 	o.ctx, o.cancel = context.WithCancel(context.Background())
 	mode, open := probeEchoMode()
@@ -351,8 +356,7 @@ func (o *Outbound) dialHostTCP(target netip.AddrPort) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		// A custom Dialer may not have set it.
+	if tc, ok := c.(*net.TCPConn); ok && o.setKeepAlive {
 		if err := tc.SetKeepAliveConfig(hostKeepAlive); err != nil {
 			c.Close()
 			return nil, err

@@ -213,6 +213,31 @@ func (d *blockingDialer) DialContext(ctx context.Context, network, address strin
 
 // TestOutboundInFlightCaps: attempts still dialing are capped per source
 // and in total; over the cap the SYN is reset at once.
+// TestOutboundHostKeepAlive: host connections probe idle peers as
+// hostKeepAlive says, whether the default dialer made them or one of the
+// caller's that leaves keepalives off.
+func TestOutboundHostKeepAlive(t *testing.T) {
+	srv := echoServer(t)
+	for _, tc := range []struct {
+		name   string
+		dialer HostDialer
+	}{
+		{"default dialer", nil},
+		{"caller's dialer", &net.Dialer{KeepAlive: -1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := NewOutbound(Config{Gateway: gw, Logger: testLogger(t), Dialer: tc.dialer})
+			defer o.Close()
+			c, err := o.dialHostTCP(srv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			checkKeepAlive(t, "host connection", c.(*net.TCPConn))
+		})
+	}
+}
+
 func TestOutboundInFlightCaps(t *testing.T) {
 	d := &blockingDialer{started: make(chan string, 10), release: make(chan struct{})}
 	o := NewOutbound(Config{Gateway: gw, Logger: testLogger(t), Dialer: d, MaxInFlight: 2, MaxInFlightPerSource: 1})
