@@ -268,8 +268,8 @@ func (a *agent) serve(req request) {
 			a.reply(&message{Kind: kindFailed, ID: m.ID, Error: toWire(err, false)})
 			return
 		}
-		a.reply(&message{Kind: kindSockets, ID: m.ID}, socks...)
-		closeFiles(socks) // the daemon's copies are now the only ones
+		_ = writeMessageFDs(a.ctl, &message{Kind: kindSockets, ID: m.ID}, socks)
+		closeFDs(socks) // the daemon's copies are now the only ones
 	case kindSignal:
 		for pid, id := range a.procs {
 			if id == m.ID {

@@ -189,6 +189,18 @@ func (w *wireError) err() error {
 // writeMessage sends m with files attached. The files stay open and owned
 // by the caller.
 func writeMessage(c *net.UnixConn, m *message, files ...*os.File) error {
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	err := writeMessageFDs(c, m, fds)
+	runtime.KeepAlive(files)
+	return err
+}
+
+// writeMessageFDs sends m with bare descriptors attached; they stay open
+// and owned by the caller.
+func writeMessageFDs(c *net.UnixConn, m *message, fds []int) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode %s message: %w", m.Kind, err)
@@ -197,16 +209,10 @@ func writeMessage(c *net.UnixConn, m *message, files ...*os.File) error {
 		return fmt.Errorf("%s message is %d bytes, over the control channel's %d (arguments, environment or /etc files too large)", m.Kind, len(b), maxMessage)
 	}
 	var oob []byte
-	if len(files) > 0 {
-		fds := make([]int, len(files))
-		for i, f := range files {
-			fds[i] = int(f.Fd())
-		}
+	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
-	_, _, err = c.WriteMsgUnix(b, oob, nil)
-	runtime.KeepAlive(files)
-	if err != nil {
+	if _, _, err := c.WriteMsgUnix(b, oob, nil); err != nil {
 		return fmt.Errorf("send %s message: %w", m.Kind, err)
 	}
 	return nil

@@ -82,6 +82,10 @@ func TestDirectSockets(t *testing.T) {
 			t.Errorf("%s = %d (%v), want 1", o.name, v, err)
 		}
 	}
+	// Non-blocking: the daemon's relay waits for them on its poller.
+	if fl, err := unix.FcntlInt(socks[0].Fd(), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK == 0 {
+		t.Errorf("direct socket flags = %#o (%v), want O_NONBLOCK", fl, err)
+	}
 	for i, from := range []string{"192.0.2.7:4242", "172.17.0.1:40000", "172.17.0.1:40001"} {
 		if got := connectFrom(t, socks[i], netip.MustParseAddrPort(from), netip.MustParseAddrPort("172.17.0.2:8080")); got != from {
 			t.Errorf("the service saw %q, want %s", got, from)
@@ -126,7 +130,7 @@ func TestDirectSockets(t *testing.T) {
 // sandbox's namespace) and returns the line the service sends.
 func connectFrom(t *testing.T, f *os.File, from, to netip.AddrPort) string {
 	t.Helper()
-	fd := int(f.Fd()) // blocking from here: fine for a test
+	fd := int(f.Fd())
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: from.Addr().As4(), Port: int(from.Port())}); err != nil {
 		t.Fatalf("bind %s: %v", from, err)
 	}

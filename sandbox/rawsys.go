@@ -7,8 +7,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Raw system calls for the bypass supervisor's hot path. Each connect in
-// a bypass sandbox costs the daemon some thirty short system calls. Made
+// Raw system calls for the bypass supervisor's hot path, and for the
+// agent's direct sockets. Each connect in a bypass sandbox costs the
+// daemon some thirty short system calls. Made
 // through x/sys/unix's wrappers, each enters the scheduler's syscall
 // state; with the daemon's single P, sysmon then often hands the P to
 // another thread mid-call, and the measured cost was about three context
@@ -35,8 +36,9 @@ func rawGetsockopt(fd, level, opt int, p unsafe.Pointer, size uint32) (uint32, e
 	return l, errnoErr(e)
 }
 
-func rawSetsockopt(fd, level, opt int, p unsafe.Pointer, size uint32) {
-	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(p), uintptr(size), 0)
+func rawSetsockopt(fd, level, opt int, p unsafe.Pointer, size uint32) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(p), uintptr(size), 0)
+	return errnoErr(e)
 }
 
 func rawGetsockoptInt(fd, level, opt int) (int, error) {
@@ -45,9 +47,9 @@ func rawGetsockoptInt(fd, level, opt int) (int, error) {
 	return int(v), err
 }
 
-func rawSetsockoptInt(fd, level, opt, v int) {
+func rawSetsockoptInt(fd, level, opt, v int) error {
 	x := int32(v)
-	rawSetsockopt(fd, level, opt, unsafe.Pointer(&x), 4)
+	return rawSetsockopt(fd, level, opt, unsafe.Pointer(&x), 4)
 }
 
 // rawUnbound reports whether socket fd has no local address yet.
