@@ -75,7 +75,8 @@ func (s *Sandbox) DirectSockets(ctx context.Context, n int) ([]*os.File, error) 
 }
 
 // checkDirectSocket verifies that f is what the agent should have sent:
-// an IPv4 TCP socket with the direct mark and IP_TRANSPARENT.
+// an IPv4 TCP socket with the direct mark and IP_TRANSPARENT. It runs for
+// every published connection, so its calls are raw (rawsys.go).
 func checkDirectSocket(f *os.File) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
@@ -93,7 +94,7 @@ func checkDirectSocket(f *os.File) error {
 			{unix.SOL_SOCKET, unix.SO_MARK, directMark, "mark"},
 			{unix.SOL_IP, unix.IP_TRANSPARENT, 1, "IP_TRANSPARENT"},
 		} {
-			v, err := unix.GetsockoptInt(int(fd), c.level, c.opt)
+			v, err := rawGetsockoptInt(int(fd), c.level, c.opt)
 			if err != nil {
 				bad = fmt.Errorf("agent sent fd that is not a socket: %w", err)
 				return
