@@ -89,14 +89,22 @@ func (d *loopDialer) DialUDP(src, dst netip.AddrPort) (net.Conn, error) {
 
 var lo = netip.MustParseAddr("127.0.0.1")
 
-func TestForwardsTCP(t *testing.T) {
-	d := &loopDialer{tcp: echoServer(t)}
+// publishTCP publishes a port on 127.0.0.1 to 172.17.0.2:80 through d;
+// the Forwards is closed when the test ends.
+func publishTCP(t *testing.T, d Dialer) (*Forwards, Mapping) {
+	t.Helper()
 	f := NewForwards(d, gw, testLogger(t))
-	defer f.Close()
+	t.Cleanup(f.Close)
 	m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: netip.MustParseAddrPort("172.17.0.2:80")})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return f, m
+}
+
+func TestForwardsTCP(t *testing.T) {
+	d := &loopDialer{tcp: echoServer(t)}
+	_, m := publishTCP(t, d)
 	if m.HostPort == 0 {
 		t.Fatalf("Add returned HostPort 0")
 	}
@@ -124,12 +132,7 @@ func TestForwardsTCP(t *testing.T) {
 // is reset rather than accepted and closed cleanly.
 func TestForwardsTCPDialFailure(t *testing.T) {
 	d := &loopDialer{fail: errors.New("connection refused (test)")}
-	f := NewForwards(d, gw, testLogger(t))
-	defer f.Close()
-	m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: netip.MustParseAddrPort("172.17.0.2:80")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, m := publishTCP(t, d)
 	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, m.HostPort).String())
 	if err == nil {
 		defer c.Close()
@@ -313,12 +316,7 @@ func dialUDP(t *testing.T, to netip.AddrPort) net.Conn {
 // socket, not set per accept).
 func TestForwardsTCPKeepAlive(t *testing.T) {
 	d := &loopDialer{tcp: greeter(t)}
-	f := NewForwards(d, gw, testLogger(t))
-	defer f.Close()
-	m, err := f.Add(Mapping{Proto: "tcp", HostIP: lo, Target: netip.MustParseAddrPort("172.17.0.2:80")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, m := publishTCP(t, d)
 	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, m.HostPort).String())
 	if err != nil {
 		t.Fatal(err)
