@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +146,36 @@ func TestE2ETCPGatewayToLoopback(t *testing.T) {
 	got, err := io.ReadAll(c)
 	if err != nil || string(got) != "hello from the guest" {
 		t.Fatalf("guest read %q, %v", got, err)
+	}
+}
+
+// TestE2ETCPRelayOffGVisorGoroutine: once a guest's connection is
+// accepted, gVisor's goroutine for the SYN returns and the relay runs on
+// reused workers (HandleTCP), so it is no longer on any stack.
+func TestE2ETCPRelayOffGVisorGoroutine(t *testing.T) {
+	srv := greeter(t)
+	n := newTestNet(t, Config{HostLoopback: true})
+	g := n.addGuest(t, guestAddr)
+	c, err := g.dialTCP(t, netip.AddrPortFrom(testPrefix.Addr(), srv.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
+		t.Fatal(err) // the relay is up
+	}
+	const frame = "stack.(*Gateway).forwardTCP"
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, frame) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a goroutine is still in %s while the connection is relayed:\n%s", frame, stacks)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -15,17 +15,32 @@ var (
 )
 
 // HandleTCP relays a guest's TCP connection to Dst through a host socket,
-// or resets it (see the TCP path in outbound.go). It blocks for the life
-// of the connection; the gateway calls it on a goroutine of its own.
+// or resets it (see the TCP path in outbound.go). The work runs on a
+// reused goroutine (workers.go) and HandleTCP returns once the connection
+// is accepted or refused, as stack.TCPHandler asks: gVisor starts a fresh
+// goroutine for every SYN, and the host dial and the handshake's first
+// send grew its stack several times over, 4-5% of the daemon's CPU at a
+// few thousand connections a second.
 func (o *Outbound) HandleTCP(r *stack.TCPRequest) {
-	o.handleTCP(r.Src, r.Dst, tcpRequestAdapter{r})
+	a := &tcpRequestAdapter{r: r, done: make(chan struct{})}
+	workers.goFn(func() {
+		defer a.answered() // handleTCP always answers; this is the backstop
+		o.handleTCP(r.Src, r.Dst, a)
+	})
+	<-a.done
 }
 
 // tcpRequestAdapter narrows Accept's result to the interface handleTCP
-// uses.
-type tcpRequestAdapter struct{ r *stack.TCPRequest }
+// uses, and tells HandleTCP when the request has been answered. Only the
+// goroutine running handleTCP uses it.
+type tcpRequestAdapter struct {
+	r    *stack.TCPRequest
+	done chan struct{} // closed once Accept or Reject has run
+	sent bool          // done is closed
+}
 
-func (a tcpRequestAdapter) Accept() (guestConn, error) {
+func (a *tcpRequestAdapter) Accept() (guestConn, error) {
+	defer a.answered()
 	c, err := a.r.Accept()
 	if err != nil {
 		return nil, err
@@ -33,7 +48,17 @@ func (a tcpRequestAdapter) Accept() (guestConn, error) {
 	return c, nil
 }
 
-func (a tcpRequestAdapter) Reject() { a.r.Reject() }
+func (a *tcpRequestAdapter) Reject() {
+	a.r.Reject()
+	a.answered()
+}
+
+func (a *tcpRequestAdapter) answered() {
+	if !a.sent {
+		a.sent = true
+		close(a.done)
+	}
+}
 
 // HandleUDP starts a UDP flow for the first datagram of a new 4-tuple (see
 // udp.go); it returns once the flow's goroutines are started or the

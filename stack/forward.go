@@ -23,7 +23,8 @@ type TCPHandler interface {
 	// HandleTCP is called on a goroutine of its own for each SYN. It must
 	// call Accept or Reject before it returns (the usual order: dial the
 	// real destination, Reject if that fails, else Accept and relay); if
-	// it calls neither, the attempt is refused.
+	// it calls neither, the attempt is refused. Once it has answered it
+	// may return and leave the relay to another goroutine.
 	HandleTCP(r *TCPRequest)
 }
 
