@@ -6,16 +6,27 @@ import (
 	"time"
 )
 
-// UDP flow timeouts. A flow that never saw a reply is most likely a probe
-// or a lost query and goes quickly (Linux conntrack's 30 s); a flow that
-// has seen replies is a conversation and stays 180 s (passt); DNS flows
-// are one query, one answer and go after 10 s (libslirp's SO_EXPIREFAST),
-// since resolvers pick a fresh source port per query and would otherwise
-// fill the table.
+// UDP flow timeouts, after Linux conntrack (nf_conntrack_proto_udp.c). A
+// flow that never saw a reply is most likely a probe or a lost query, and
+// one that saw its reply within udpStreamAfter of its first datagram and
+// nothing since is a query answered: both go after 30 s. A flow still
+// carrying datagrams, with a reply seen, udpStreamAfter or more after its
+// first is a conversation (a stream) and stays 180 s (passt). DNS flows go
+// after 10 s whatever happened (libslirp's SO_EXPIREFAST): resolvers pick
+// a fresh source port per query.
+//
+// Each flow holds a host socket, so the table is small (a few thousand)
+// where conntrack's holds hundreds of thousands; a client that opens
+// flows faster than they expire fills it. A full table makes room as
+// conntrack's early drop does, by dropping the flow that has been quiet
+// longest among those that are not streams (add): clients that send one
+// query per source port (NTP, SNMP, DNS to other ports, statsd) go on
+// working at any rate, and conversations are never cut short for them.
 const (
 	udpUnrepliedTimeout = 30 * time.Second
-	udpRepliedTimeout   = 180 * time.Second
+	udpStreamTimeout    = 180 * time.Second
 	udpDNSTimeout       = 10 * time.Second
+	udpStreamAfter      = 2 * time.Second
 )
 
 var (
@@ -34,8 +45,20 @@ type flowKey struct {
 // flowEntry is one flow's bookkeeping and the caller's value for it.
 type flowEntry[V any] struct {
 	value   V
+	first   time.Time // the datagram that made the flow
 	last    time.Time // last datagram in either direction
 	replied bool      // a datagram went Dst -> Src
+	stream  bool      // replied, and active udpStreamAfter after first
+}
+
+// seen records a datagram in either direction at time at.
+func (e *flowEntry[V]) seen(at time.Time) {
+	if at.After(e.last) {
+		e.last = at
+	}
+	if e.replied && at.Sub(e.first) >= udpStreamAfter {
+		e.stream = true
+	}
 }
 
 // flowTable is the UDP flow table: a plain data structure with no
@@ -54,17 +77,30 @@ func newFlowTable[V any](max int) *flowTable[V] {
 }
 
 // add inserts a new flow created by a datagram Src -> Dst at time at. It
-// fails with errTableFull when the table holds max flows and with
-// errFlowExist when k is already present.
-func (t *flowTable[V]) add(k flowKey, v V, at time.Time) error {
+// fails with errFlowExist when k is already present. When the table holds
+// max flows it drops the flow quiet longest among those that are not
+// streams and returns its value, for the caller to close; it fails with
+// errTableFull when every flow is a stream.
+func (t *flowTable[V]) add(k flowKey, v V, at time.Time) (dropped V, err error) {
 	if _, ok := t.flows[k]; ok {
-		return errFlowExist
+		return dropped, errFlowExist
 	}
 	if len(t.flows) >= t.max {
-		return errTableFull
+		var oldest flowKey
+		var found *flowEntry[V]
+		for ok, e := range t.flows {
+			if !e.stream && (found == nil || e.last.Before(found.last)) {
+				oldest, found = ok, e
+			}
+		}
+		if found == nil {
+			return dropped, errTableFull
+		}
+		delete(t.flows, oldest)
+		dropped = found.value
 	}
-	t.flows[k] = &flowEntry[V]{value: v, last: at}
-	return nil
+	t.flows[k] = &flowEntry[V]{value: v, first: at, last: at}
+	return dropped, nil
 }
 
 // get returns k's value and reports whether the flow exists.
@@ -81,8 +117,8 @@ func (t *flowTable[V]) get(k flowKey) (V, bool) {
 // flow exists.
 func (t *flowTable[V]) sent(k flowKey, at time.Time) bool {
 	e, ok := t.flows[k]
-	if ok && at.After(e.last) {
-		e.last = at
+	if ok {
+		e.seen(at)
 	}
 	return ok
 }
@@ -95,9 +131,7 @@ func (t *flowTable[V]) received(k flowKey, at time.Time) bool {
 		return false
 	}
 	e.replied = true
-	if at.After(e.last) {
-		e.last = at
-	}
+	e.seen(at)
 	return true
 }
 
@@ -108,16 +142,16 @@ func (t *flowTable[V]) deadline(k flowKey) (time.Time, bool) {
 	if !ok {
 		return time.Time{}, false
 	}
-	return e.last.Add(flowTimeout(k, e.replied)), true
+	return e.last.Add(flowTimeout(k, e.stream)), true
 }
 
 // flowTimeout is the idle time after which a flow expires.
-func flowTimeout(k flowKey, replied bool) time.Duration {
+func flowTimeout(k flowKey, stream bool) time.Duration {
 	switch {
 	case k.Dst.Port() == 53:
 		return udpDNSTimeout
-	case replied:
-		return udpRepliedTimeout
+	case stream:
+		return udpStreamTimeout
 	default:
 		return udpUnrepliedTimeout
 	}
@@ -128,7 +162,7 @@ func flowTimeout(k flowKey, replied bool) time.Duration {
 func (t *flowTable[V]) expire(at time.Time) []V {
 	var out []V
 	for k, e := range t.flows {
-		if !at.Before(e.last.Add(flowTimeout(k, e.replied))) {
+		if !at.Before(e.last.Add(flowTimeout(k, e.stream))) {
 			out = append(out, e.value)
 			delete(t.flows, k)
 		}

@@ -16,9 +16,10 @@ func key(src, dst string) flowKey {
 	return flowKey{Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst)}
 }
 
-// TestFlowTableExpiry checks the timeout rules: 30 s until a reply, 180 s
-// once replied, 10 s for port 53 whatever happened, always counted from the
-// last datagram in either direction.
+// TestFlowTableExpiry checks the timeout rules: 30 s until a reply and
+// for a query answered, 180 s for a conversation (replied, and active 2 s
+// or more after its first datagram), 10 s for port 53 whatever happened,
+// always counted from the last datagram in either direction.
 func TestFlowTableExpiry(t *testing.T) {
 	type event struct {
 		at    time.Duration // since t0
@@ -45,11 +46,25 @@ func TestFlowTableExpiry(t *testing.T) {
 			gone:   50 * time.Second,
 		},
 		{
-			name:   "replied lives 180s from last datagram",
+			name:   "answered query expires 30s after its answer",
 			k:      key("172.17.0.2:4000", "192.0.2.1:123"),
 			events: []event{{at: time.Second, reply: true}},
-			alive:  []time.Duration{30 * time.Second, 180 * time.Second},
-			gone:   181 * time.Second,
+			alive:  []time.Duration{30 * time.Second},
+			gone:   31 * time.Second,
+		},
+		{
+			name:   "conversation lives 180s from last datagram",
+			k:      key("172.17.0.2:4000", "192.0.2.1:123"),
+			events: []event{{at: time.Second, reply: true}, {at: 2 * time.Second}},
+			alive:  []time.Duration{31 * time.Second, 181 * time.Second},
+			gone:   182 * time.Second,
+		},
+		{
+			name:   "late first reply makes a conversation",
+			k:      key("172.17.0.2:4000", "192.0.2.1:123"),
+			events: []event{{at: 5 * time.Second, reply: true}},
+			alive:  []time.Duration{184 * time.Second},
+			gone:   185 * time.Second,
 		},
 		{
 			name:   "replied flow refreshed by later send",
@@ -81,7 +96,7 @@ func TestFlowTableExpiry(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tab := newFlowTable[string](10)
-			if err := tab.add(tc.k, "v", t0); err != nil {
+			if _, err := tab.add(tc.k, "v", t0); err != nil {
 				t.Fatalf("add: %v", err)
 			}
 			for _, ev := range tc.events {
@@ -110,34 +125,64 @@ func TestFlowTableExpiry(t *testing.T) {
 	}
 }
 
-func TestFlowTableCapAndDuplicates(t *testing.T) {
-	tab := newFlowTable[int](2)
-	a, b, c := key("10.0.0.2:1", "192.0.2.1:9"), key("10.0.0.2:2", "192.0.2.1:9"), key("10.0.0.2:1", "192.0.2.2:9")
-	if err := tab.add(a, 1, t0); err != nil {
-		t.Fatalf("add a: %v", err)
+// TestFlowTableFull: a full table drops the quietest flow that is not a
+// conversation to make room, and refuses a newcomer when every flow is
+// one; a key already present is refused whatever the room.
+func TestFlowTableFull(t *testing.T) {
+	tab := newFlowTable[string](3)
+	conv := key("10.0.0.2:1", "192.0.2.1:9")
+	older := key("10.0.0.2:2", "192.0.2.1:9")
+	newer := key("10.0.0.2:3", "192.0.2.1:9")
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	for _, f := range []struct {
+		k flowKey
+		v string
+	}{{conv, "conv"}, {older, "older"}, {newer, "newer"}} {
+		if dropped, err := tab.add(f.k, f.v, t0); err != nil || dropped != "" {
+			t.Fatalf("add %s = %q, %v", f.v, dropped, err)
+		}
 	}
-	if err := tab.add(a, 9, t0); !errors.Is(err, errFlowExist) {
-		t.Fatalf("add a again: err = %v, want errFlowExist", err)
+	tab.received(conv, at(time.Second))
+	tab.sent(conv, at(3*time.Second)) // a conversation now
+	tab.received(older, at(time.Second))
+	tab.received(newer, at(1500*time.Millisecond))
+	if _, err := tab.add(conv, "again", at(4*time.Second)); !errors.Is(err, errFlowExist) {
+		t.Fatalf("add conv again: err = %v, want errFlowExist", err)
 	}
-	if err := tab.add(b, 2, t0); err != nil {
-		t.Fatalf("add b: %v", err)
+
+	// c differs from older only in the destination: a separate flow
+	// (full 5-tuple key), taking the place of the quietest query.
+	c := key("10.0.0.2:2", "192.0.2.2:9")
+	if dropped, err := tab.add(c, "c", at(4*time.Second)); err != nil || dropped != "older" {
+		t.Fatalf("add c = %q, %v; want older dropped", dropped, err)
 	}
-	// c differs from a only in the destination: a separate flow (full
-	// 5-tuple key), refused because the table is full.
-	if err := tab.add(c, 3, t0); !errors.Is(err, errTableFull) {
-		t.Fatalf("add c: err = %v, want errTableFull", err)
+	if _, ok := tab.get(older); ok {
+		t.Fatal("dropped flow still in the table")
 	}
-	if v, ok := tab.remove(a); !ok || v != 1 {
-		t.Fatalf("remove a = %v, %v", v, ok)
+	if dropped, err := tab.add(older, "older2", at(5*time.Second)); err != nil || dropped != "newer" {
+		t.Fatalf("add older2 = %q, %v; want newer dropped", dropped, err)
 	}
-	if err := tab.add(c, 3, t0); err != nil {
-		t.Fatalf("add c after remove: %v", err)
-	}
-	if d, ok := tab.deadline(c); !ok || !d.Equal(t0.Add(udpUnrepliedTimeout)) {
+	if d, ok := tab.deadline(c); !ok || !d.Equal(at(4*time.Second).Add(udpUnrepliedTimeout)) {
 		t.Fatalf("deadline(c) = %v, %v", d, ok)
 	}
+	if v, ok := tab.remove(c); !ok || v != "c" {
+		t.Fatalf("remove c = %v, %v", v, ok)
+	}
+
+	// Only conversations: no room.
+	full := newFlowTable[string](1)
+	full.add(conv, "conv", t0)
+	full.received(conv, at(time.Second))
+	full.sent(conv, at(2*time.Second))
+	if dropped, err := full.add(c, "c", at(3*time.Second)); !errors.Is(err, errTableFull) || dropped != "" {
+		t.Fatalf("add to a table of conversations = %q, %v; want errTableFull", dropped, err)
+	}
+
 	got := tab.removeAll()
-	if diff := cmp.Diff([]int{2, 3}, got, cmpopts.SortSlices(func(a, b int) bool { return a < b })); diff != "" {
+	if diff := cmp.Diff([]string{"conv", "older2"}, got, cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
 		t.Fatalf("removeAll (-want +got):\n%s", diff)
+	}
+	if tab.len() != 0 {
+		t.Fatalf("len after removeAll = %d", tab.len())
 	}
 }

@@ -593,15 +593,19 @@ func (p *published) udpFlow(client netip.AddrPort) *forwardFlow {
 		return nil
 	}
 	fl = &forwardFlow{key: key, client: client, conn: conn, send: p.rx.newSendOp()}
+	var dropped *forwardFlow
 	p.mu.Lock()
 	err = errClosed
 	if !p.closed {
-		err = p.flows.add(key, fl, now)
+		dropped, err = p.flows.add(key, fl, now)
 	}
 	if err == nil {
 		p.wg.Add(1)
 	}
 	p.mu.Unlock()
+	if dropped != nil {
+		dropped.conn.Close() // room made for fl (flowtable.go)
+	}
 	if err != nil {
 		conn.Close()
 		if errors.Is(err, errTableFull) {

@@ -106,8 +106,9 @@ func TestForwardsUDPExpiry(t *testing.T) {
 		wantDials int
 	}{
 		{"first datagram opens a flow", 0, 1},
-		{"replied flow kept at 179s", udpRepliedTimeout - time.Second, 1},
-		{"idle 180s: expired, new flow", udpRepliedTimeout, 2},
+		{"answered, kept at 29s; a conversation from now", udpUnrepliedTimeout - time.Second, 1},
+		{"conversation kept at 179s idle", udpStreamTimeout - time.Second, 1},
+		{"idle 180s: expired, new flow", udpStreamTimeout, 2},
 	}
 	for _, st := range steps {
 		clk.Advance(st.advance)

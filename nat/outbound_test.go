@@ -373,15 +373,21 @@ func TestOutboundUDP(t *testing.T) {
 	if s := o.Stats(); s.UDPFlows != 1 || s.UDPLive != 1 {
 		t.Fatalf("stats %+v: want one live flow", s)
 	}
+	// Still talking udpStreamAfter later: a conversation, kept past an
+	// answered query's 30 s.
+	clk.Advance(udpStreamAfter)
+	if got := roundTrip(t, guest, "three"); got != "echo three" {
+		t.Fatalf("reply %q, want %q", got, "echo three")
+	}
 	clk.Advance(udpUnrepliedTimeout + time.Second)
 	o.expire()
 	if got := o.Stats().UDPLive; got != 1 {
-		t.Fatalf("replied flow expired after %v", udpUnrepliedTimeout+time.Second)
+		t.Fatalf("conversation expired after %v idle", udpUnrepliedTimeout+time.Second)
 	}
-	clk.Advance(udpRepliedTimeout)
+	clk.Advance(udpStreamTimeout)
 	o.expire()
 	if got := o.Stats().UDPLive; got != 0 {
-		t.Fatalf("UDPLive = %d after %v idle, want 0", got, udpRepliedTimeout+udpUnrepliedTimeout)
+		t.Fatalf("UDPLive = %d after %v idle, want 0", got, udpStreamTimeout+udpUnrepliedTimeout)
 	}
 	// The relay's end is closed: reading it fails instead of blocking.
 	relayEnd.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -390,24 +396,46 @@ func TestOutboundUDP(t *testing.T) {
 	}
 }
 
-// TestOutboundUDPCap: a flow over MaxUDPFlows is dropped and counted, and
-// the destination rules apply as for TCP.
+// TestOutboundUDPCap: over MaxUDPFlows, a new flow takes the place of an
+// answered query's, is dropped and counted when every flow is a
+// conversation, and the destination rules apply as for TCP.
 func TestOutboundUDPCap(t *testing.T) {
 	srv := udpEchoServer(t)
-	o := NewOutbound(Config{Gateway: gw, HostLoopback: true, Logger: testLogger(t), MaxUDPFlows: 1})
+	clk := newFakeClock()
+	o := NewOutbound(Config{Gateway: gw, HostLoopback: true, Logger: testLogger(t), MaxUDPFlows: 1, Clock: clk.Now})
 	defer o.Close()
 	dst := netip.AddrPortFrom(gw, srv.Port())
-	g1, r1 := udpPair(t)
+	query, r1 := udpPair(t)
 	o.handleUDP(netip.MustParseAddrPort("172.17.0.2:5000"), dst, fakeUDPRequest{r1})
-	if got := roundTrip(t, g1, "a"); got != "echo a" {
+	if got := roundTrip(t, query, "a"); got != "echo a" {
 		t.Fatalf("first flow reply %q", got)
 	}
-	_, r2 := udpPair(t)
+
+	// The answered query makes room for the next flow.
+	conv, r2 := udpPair(t)
 	o.handleUDP(netip.MustParseAddrPort("172.17.0.2:5001"), dst, fakeUDPRequest{r2})
+	r1.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := r1.Read(make([]byte, 10)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("dropped flow's guest conn read: %v, want net.ErrClosed", err)
+	}
+	if got := roundTrip(t, conv, "b"); got != "echo b" {
+		t.Fatalf("second flow reply %q", got)
+	}
+	clk.Advance(udpStreamAfter)
+	if got := roundTrip(t, conv, "b again"); got != "echo b again" {
+		t.Fatalf("second flow reply %q", got)
+	}
+
+	// A conversation is not dropped for a newcomer.
 	_, r3 := udpPair(t)
-	o.handleUDP(netip.MustParseAddrPort("172.17.0.2:5002"), srv, fakeUDPRequest{r3}) // loopback: never
+	o.handleUDP(netip.MustParseAddrPort("172.17.0.2:5002"), dst, fakeUDPRequest{r3})
+	if got := roundTrip(t, conv, "b still"); got != "echo b still" {
+		t.Fatalf("conversation reply %q after a newcomer", got)
+	}
+	_, r4 := udpPair(t)
+	o.handleUDP(netip.MustParseAddrPort("172.17.0.2:5003"), srv, fakeUDPRequest{r4}) // loopback: never
 	s := o.Stats()
-	if diff := cmp.Diff([3]uint64{1, 1, 2}, [3]uint64{s.UDPFlows, s.UDPLive, s.UDPDropped}); diff != "" {
+	if diff := cmp.Diff([3]uint64{2, 1, 2}, [3]uint64{s.UDPFlows, s.UDPLive, s.UDPDropped}); diff != "" {
 		t.Fatalf("[flows live dropped] (-want +got):\n%s", diff)
 	}
 }

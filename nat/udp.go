@@ -14,7 +14,8 @@ import (
 //
 //  1. hostTarget checks and maps the destination, as for TCP.
 //  2. The flow is added to the flow table (flowtable.go) under o.mu; a full
-//     table drops the datagram and counts it.
+//     table drops its quietest flow that is not a conversation to make
+//     room, or, when all are, drops the datagram and counts it.
 //  3. A connected host socket is dialed (so the kernel filters replies from
 //     other peers and picks one source port per flow) and the guest side is
 //     accepted; the first datagram arrives through the accepted conn.
@@ -65,12 +66,17 @@ func (o *Outbound) handleUDP(src, dst netip.AddrPort, r udpRequest) {
 		return
 	}
 	f := &udpFlow{key: flowKey{Src: src, Dst: dst}}
+	var dropped *udpFlow
 	o.mu.Lock()
 	err := errClosed
 	if !o.closed {
-		err = o.udp.add(f.key, f, o.cfg.Clock())
+		dropped, err = o.udp.add(f.key, f, o.cfg.Clock())
 	}
 	o.mu.Unlock()
+	if dropped != nil {
+		// Room made for f (flowtable.go); its copy loops end with it.
+		dropped.close()
+	}
 	switch {
 	case errors.Is(err, errTableFull):
 		o.udpDropped.Add(1)
