@@ -2,6 +2,7 @@ package nat
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -177,6 +178,47 @@ func TestE2ETCPRelayOffGVisorGoroutine(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestE2EUDPQuietFlowsHoldNoBuffers: a flow waiting for its next datagram
+// holds no copy buffer (udpBufs), so many quiet flows cost little heap;
+// with a 64 KiB buffer per copy loop each would hold 128 KiB.
+func TestE2EUDPQuietFlowsHoldNoBuffers(t *testing.T) {
+	srv := udpEchoServer(t)
+	n := newTestNet(t, Config{HostLoopback: true})
+	g := n.addGuest(t, guestAddr)
+	dst := full(netip.AddrPortFrom(testPrefix.Addr(), srv.Port()))
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC() // and once more for what pools kept
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	const flows = 200
+	before := heap()
+	for i := range flows {
+		c, err := gonet.DialUDP(g.s, nil, &dst, ipv4.ProtocolNumber)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		msg := fmt.Sprint("flow ", i)
+		if got := roundTrip(t, c, msg); got != "echo "+msg {
+			t.Fatalf("reply %q, want %q", got, "echo "+msg)
+		}
+	}
+	if s := n.out.Stats(); s.UDPLive != flows {
+		t.Fatalf("%d live flows, want %d", s.UDPLive, flows)
+	}
+	var grown uint64
+	if after := heap(); after > before {
+		grown = after - before
+	}
+	if per := grown / flows; per > 32<<10 {
+		t.Fatalf("heap grew %d KiB for %d quiet flows, %d KiB each; want under 32 KiB each", grown>>10, flows, per>>10)
+	}
+	t.Logf("heap per quiet flow: %d KiB", grown/flows>>10)
 }
 
 // TestE2EUDP: datagrams to the gateway's address reach a host loopback

@@ -629,9 +629,8 @@ func (p *published) udpReplies(fl *forwardFlow) {
 		p.mu.Unlock()
 		fl.conn.Close()
 	}()
-	buf := make([]byte, udpMaxDatagram)
 	for {
-		n, err := fl.conn.Read(buf)
+		buf, n, err := readDatagram(fl.conn)
 		if err != nil {
 			if icmpReported(err) {
 				continue
@@ -641,7 +640,9 @@ func (p *published) udpReplies(fl *forwardFlow) {
 		p.mu.Lock()
 		p.flows.received(fl.key, p.f.clock())
 		p.mu.Unlock()
-		if _, err := p.rx.WriteTo(fl.send, buf[:n], fl.client); err != nil {
+		_, err = p.rx.WriteTo(fl.send, (*buf)[:n], fl.client)
+		udpBufs.Put(buf)
+		if err != nil {
 			if isClosed(err) {
 				return
 			}

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -49,6 +50,12 @@ type rawOp struct {
 	pipe    int
 	outPipe bool
 	max     int
+
+	// For a read into a borrowed buffer (readPooled): when pool is set,
+	// each attempt takes held from it and an attempt that finds nothing
+	// gives it back, so a read waiting for data holds no buffer.
+	pool *sync.Pool
+	held *[]byte
 }
 
 // newHostIO wraps c, a *net.TCPConn or a connected *net.UDPConn.
@@ -74,6 +81,21 @@ func (h *hostIO) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, err
+}
+
+// readPooled reads one datagram into a buffer from pool (*[]byte), taken
+// only once the datagram is there: a flow waiting for its next datagram
+// holds no buffer. On success the caller gives the buffer back to pool.
+func (h *hostIO) readPooled(pool *sync.Pool) (*[]byte, int, error) {
+	h.rd.pool = pool
+	n, err := h.rd.do(nil, h.rc.Read)
+	b := h.rd.held
+	h.rd.pool, h.rd.held = nil, nil
+	if err != nil && b != nil {
+		pool.Put(b)
+		b = nil
+	}
+	return b, n, err
 }
 
 // Write writes p, waiting for room as long as the socket's write deadline
@@ -114,6 +136,10 @@ var syscallNames = map[uintptr]string{
 // ready is the poller callback: it reports false only to wait for the
 // socket to become ready.
 func (op *rawOp) ready(fd uintptr) bool {
+	if op.pool != nil && op.held == nil {
+		op.held = op.pool.Get().(*[]byte)
+		op.p = *op.held
+	}
 	var ptr unsafe.Pointer
 	if len(op.p) > 0 {
 		ptr = unsafe.Pointer(&op.p[0])
@@ -144,6 +170,10 @@ func (op *rawOp) ready(fd uintptr) bool {
 			return true
 		case unix.EINTR:
 		case unix.EAGAIN:
+			if op.pool != nil {
+				op.pool.Put(op.held)
+				op.held, op.p = nil, nil
+			}
 			return false
 		default:
 			op.err = errno

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -27,6 +28,36 @@ import (
 
 // udpMaxDatagram fits any UDP payload (65535 - 8 - 20).
 const udpMaxDatagram = 65507
+
+// udpBufs lends the UDP copy loops buffers for the largest datagram. A
+// loop takes one only once a datagram is there (readWaiter, readPooled),
+// so a quiet flow holds none: with a buffer per loop, a few hundred flows
+// held more heap than the daemon's memory limit, and the collector ran
+// without pause. It holds *[]byte, so that Put does not allocate.
+var udpBufs = sync.Pool{New: func() any { b := make([]byte, udpMaxDatagram); return &b }}
+
+// readWaiter is implemented by the gateway's UDP sockets (stack.UDPConn):
+// WaitRead blocks until a Read would not.
+type readWaiter interface{ WaitRead() }
+
+// readDatagram reads c's next datagram into a buffer from udpBufs, taken
+// once the datagram is there when c can wait for one. On success the
+// caller gives the buffer back.
+func readDatagram(c io.Reader) (*[]byte, int, error) {
+	switch c := c.(type) {
+	case *hostIO:
+		return c.readPooled(&udpBufs)
+	case readWaiter:
+		c.WaitRead()
+	}
+	buf := udpBufs.Get().(*[]byte)
+	n, err := c.Read(*buf)
+	if err != nil {
+		udpBufs.Put(buf)
+		return nil, 0, err
+	}
+	return buf, n, nil
+}
 
 // janitorInterval is how often expiry is checked. Expiry happens on the
 // injected clock; this only bounds how late a flow is closed.
@@ -137,16 +168,17 @@ func (o *Outbound) dropFlow(f *udpFlow) {
 func (o *Outbound) udpGuestToHost(f *udpFlow) {
 	defer o.wg.Done()
 	defer o.endFlow(f)
-	buf := make([]byte, udpMaxDatagram)
 	for {
-		n, err := f.guest.Read(buf)
+		buf, n, err := readDatagram(f.guest)
 		if err != nil {
 			return
 		}
 		o.mu.Lock()
 		o.udp.sent(f.key, o.cfg.Clock())
 		o.mu.Unlock()
-		if _, err := f.hostRW.Write(buf[:n]); err != nil {
+		_, err = f.hostRW.Write((*buf)[:n])
+		udpBufs.Put(buf)
+		if err != nil {
 			switch {
 			case isClosed(err):
 				return
@@ -165,9 +197,8 @@ func (o *Outbound) udpGuestToHost(f *udpFlow) {
 func (o *Outbound) udpHostToGuest(f *udpFlow) {
 	defer o.wg.Done()
 	defer o.endFlow(f)
-	buf := make([]byte, udpMaxDatagram)
 	for {
-		n, err := f.hostRW.Read(buf)
+		buf, n, err := readDatagram(f.hostRW)
 		if err != nil {
 			if icmpReported(err) {
 				// A connected UDP socket reports ICMP errors for
@@ -180,7 +211,9 @@ func (o *Outbound) udpHostToGuest(f *udpFlow) {
 		o.mu.Lock()
 		o.udp.received(f.key, o.cfg.Clock())
 		o.mu.Unlock()
-		if _, err := f.guest.Write(buf[:n]); err != nil {
+		_, err = f.guest.Write((*buf)[:n])
+		udpBufs.Put(buf)
+		if err != nil {
 			if isClosed(err) {
 				return
 			}

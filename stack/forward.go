@@ -12,7 +12,6 @@ import (
 	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -127,7 +126,7 @@ func (r *UDPRequest) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, convertError("accept "+r.flow(), err)
 	}
-	return gonet.NewUDPConn(&wq, ep), nil
+	return newUDPConn(&wq, ep), nil
 }
 
 // forwardUDP runs on the receive path for a datagram without a socket.

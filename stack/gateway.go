@@ -378,11 +378,24 @@ func (g *Gateway) dialTCP(ctx context.Context, src, dst netip.AddrPort) (*tcpCon
 // (zero address means the gateway's; port 0 picks one) to dst.
 func (g *Gateway) DialUDP(src, dst netip.AddrPort) (net.Conn, error) {
 	laddr, raddr, proto := g.fullAddrs(src, dst)
-	c, err := gonet.DialUDP(g.stack, &laddr, &raddr, proto)
-	if err != nil {
-		return nil, fmt.Errorf("gateway %s: dial udp %v->%v: %w", g.cfg.Name, src, dst, err)
+	// gonet.DialUDP's steps, keeping the endpoint for UDPConn.WaitRead.
+	var wq waiter.Queue
+	ep, terr := g.stack.NewEndpoint(udp.ProtocolNumber, proto, &wq)
+	op := "socket"
+	if terr == nil {
+		op = "bind"
+		if terr = ep.Bind(laddr); terr == nil {
+			op = "connect"
+			terr = ep.Connect(raddr)
+		}
+		if terr != nil {
+			ep.Close()
+		}
 	}
-	return c, nil
+	if terr != nil {
+		return nil, fmt.Errorf("gateway %s: dial udp %v->%v: %s: %s", g.cfg.Name, src, dst, op, terr)
+	}
+	return newUDPConn(&wq, ep), nil
 }
 
 func (g *Gateway) fullAddrs(src, dst netip.AddrPort) (laddr, raddr tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) {
