@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -50,10 +49,6 @@ func newDaemonCmd(e *env) *cobra.Command {
 	return cmd
 }
 
-// daemonMemoryLimit is the daemon's soft Go memory limit when GOMEMLIMIT
-// is unset (see runDaemon).
-const daemonMemoryLimit = 40 << 20
-
 // parseLevel reads --log-level.
 func parseLevel(s string) (slog.Level, error) {
 	var l slog.Level
@@ -82,13 +77,10 @@ func runDaemon(ctx context.Context, e *env, o *daemonOptions) error {
 		}
 	}
 
-	// Without a limit the Go heap grows to twice the live data between
-	// collections, so a burst of connections leaves RSS high for minutes.
-	// A soft limit makes the collector return memory sooner; the user's own
-	// GOMEMLIMIT wins. 40 MiB is well above the steady-state working set
-	// (pooled relay buffers included), so a busy daemon does not thrash.
+	// A soft memory limit that follows the live memory (memlimit.go); the
+	// user's own GOMEMLIMIT wins.
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(daemonMemoryLimit)
+		go followMemory(ctx, daemonMemoryLimit, memoryLimitInterval)
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(daemonProcs(runtime.NumCPU()))
