@@ -424,6 +424,9 @@ type forwardFlow struct {
 	client netip.AddrPort // as the listening socket reported it, for replies
 	conn   net.Conn
 	send   *rawOp // the replies' sendto state (hostPacketConn.WriteTo)
+	// drainMu makes drainReplies's calls one at a time, so replies keep
+	// their order.
+	drainMu sync.Mutex
 }
 
 // start starts the listener's goroutines.
@@ -593,13 +596,14 @@ func (p *published) udpFlow(client netip.AddrPort) *forwardFlow {
 		return nil
 	}
 	fl = &forwardFlow{key: key, client: client, conn: conn, send: p.rx.newSendOp()}
+	notifier, inline := conn.(datagramNotifier)
 	var dropped *forwardFlow
 	p.mu.Lock()
 	err = errClosed
 	if !p.closed {
 		dropped, err = p.flows.add(key, fl, now)
 	}
-	if err == nil {
+	if err == nil && !inline {
 		p.wg.Add(1)
 	}
 	p.mu.Unlock()
@@ -613,12 +617,43 @@ func (p *published) udpFlow(client netip.AddrPort) *forwardFlow {
 		}
 		return nil
 	}
-	go p.udpReplies(fl)
+	if inline {
+		// Closing the conn ends the calls (ReadNow fails), so the
+		// registration needs no undoing.
+		notifier.OnDatagram(func() { p.drainReplies(fl, notifier) })
+		p.drainReplies(fl, notifier) // any that came before
+	} else {
+		go p.udpReplies(fl)
+	}
 	return fl
 }
 
+// drainReplies sends the datagrams queued on fl's conn to the client. It
+// runs on the gateway's receive path, so it never waits: a reply the
+// listening socket has no room for is dropped, as a full socket buffer
+// would.
+func (p *published) drainReplies(fl *forwardFlow, g datagramNotifier) {
+	fl.drainMu.Lock()
+	defer fl.drainMu.Unlock()
+	buf := udpBufs.Get().(*[]byte)
+	defer udpBufs.Put(buf)
+	for {
+		n, ok, err := g.ReadNow(*buf)
+		if !ok || err != nil {
+			return // none left, or the flow is closing
+		}
+		p.mu.Lock()
+		p.flows.received(fl.key, p.f.clock())
+		p.mu.Unlock()
+		if _, err := p.rx.WriteToNow(fl.send, (*buf)[:n], fl.client); err != nil && !isClosed(err) && !errors.Is(err, errWouldBlock) {
+			p.f.limited.warn("nat: published udp reply failed", "mapping", p.m.String(), "client", fl.client, "err", err)
+		}
+	}
+}
+
 // udpReplies carries datagrams from inside the network back to the
-// client until the flow's conn is closed.
+// client until the flow's conn is closed, for a conn that cannot say when
+// one arrives (drainReplies's fallback).
 func (p *published) udpReplies(fl *forwardFlow) {
 	defer p.wg.Done()
 	defer func() {

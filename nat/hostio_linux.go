@@ -56,7 +56,15 @@ type rawOp struct {
 	// gives it back, so a read waiting for data holds no buffer.
 	pool *sync.Pool
 	held *[]byte
+
+	// For an attempt that must not wait (doNow): now calls fn and keeps
+	// its answer in nowDone, made once so that doNow does not allocate.
+	now     func(fd uintptr)
+	nowDone bool
 }
+
+// errWouldBlock is doNow's answer when the socket is not ready.
+var errWouldBlock = errors.New("socket not ready")
 
 // newHostIO wraps c, a *net.TCPConn or a connected *net.UDPConn.
 func newHostIO(c syscall.Conn, stream bool) (*hostIO, error) {
@@ -98,6 +106,12 @@ func (h *hostIO) readPooled(pool *sync.Pool) (*[]byte, int, error) {
 	return b, n, err
 }
 
+// writeNow sends p without waiting for room: errWouldBlock when there is
+// none. For datagram sockets.
+func (h *hostIO) writeNow(p []byte) (int, error) {
+	return h.wr.doNow(p, h.rc.Control)
+}
+
 // Write writes p, waiting for room as long as the socket's write deadline
 // allows.
 func (h *hostIO) Write(p []byte) (int, error) {
@@ -119,6 +133,28 @@ func (op *rawOp) do(p []byte, wait func(func(uintptr) bool) error) (int, error) 
 	switch {
 	case err != nil: // closed, or past the deadline
 		return 0, err
+	case oerr != nil:
+		return 0, os.NewSyscallError(syscallNames[op.trap], oerr)
+	}
+	return n, nil
+}
+
+// doNow is do without the wait, for callers that must not park (the
+// gateway's receive path): one attempt through control (a RawConn's
+// Control), errWouldBlock when the socket is not ready.
+func (op *rawOp) doNow(p []byte, control func(func(uintptr)) error) (int, error) {
+	if op.now == nil {
+		op.now = func(fd uintptr) { op.nowDone = op.fn(fd) }
+	}
+	op.p = p
+	err := control(op.now)
+	n, oerr, done := op.n, op.err, op.nowDone
+	op.p, op.n, op.err, op.nowDone = nil, 0, nil, false
+	switch {
+	case err != nil:
+		return 0, err
+	case !done:
+		return 0, errWouldBlock
 	case oerr != nil:
 		return 0, os.NewSyscallError(syscallNames[op.trap], oerr)
 	}
@@ -239,6 +275,16 @@ func (h *hostPacketConn) WriteTo(op *rawOp, p []byte, to netip.AddrPort) (int, e
 	}
 	op.salen = encodeSockaddr(&op.sa, to, h.v6)
 	return op.do(p, h.rc.Write)
+}
+
+// WriteToNow is WriteTo without waiting for room: errWouldBlock when there
+// is none.
+func (h *hostPacketConn) WriteToNow(op *rawOp, p []byte, to netip.AddrPort) (int, error) {
+	if !h.v6 && !to.Addr().Unmap().Is4() {
+		return 0, os.NewSyscallError("sendto", unix.EAFNOSUPPORT)
+	}
+	op.salen = encodeSockaddr(&op.sa, to, h.v6)
+	return op.doNow(p, h.rc.Control)
 }
 
 // decodeSockaddr reads an AF_INET or AF_INET6 address; anything else is

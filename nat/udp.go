@@ -20,35 +20,42 @@ import (
 //  3. A connected host socket is dialed (so the kernel filters replies from
 //     other peers and picks one source port per flow) and the guest side is
 //     accepted; the first datagram arrives through the accepted conn.
-//  4. Two goroutines per flow copy datagrams each way and tell the table
-//     about every one (sent = guest to host, received = the reply).
-//  5. The janitor expires flows on Config.Clock (30 s unreplied, 180 s
-//     replied, 10 s for port 53) and closes their sockets, which ends the
-//     goroutines.
+//  4. Datagrams are copied each way and the table told about every one
+//     (sent = guest to host, received = the reply). From the guest they
+//     are sent on the gateway's receive path as they arrive (drainGuest:
+//     no goroutine, no waiting; a datagram the host socket has no room
+//     for is dropped, as a full socket buffer would). Replies have a
+//     goroutine per flow waiting on the host socket. (A guest conn that
+//     cannot say when a datagram arrives, a test's, gets a goroutine too.)
+//  5. The janitor expires flows on Config.Clock (30 s for a query,
+//     answered or not, 180 s for a conversation, 10 s for port 53;
+//     flowtable.go) and closes their sockets, which ends the goroutines.
 
 // udpMaxDatagram fits any UDP payload (65535 - 8 - 20).
 const udpMaxDatagram = 65507
 
 // udpBufs lends the UDP copy loops buffers for the largest datagram. A
-// loop takes one only once a datagram is there (readWaiter, readPooled),
+// loop takes one only once a datagram is there (drainGuest, readPooled),
 // so a quiet flow holds none: with a buffer per loop, a few hundred flows
 // held more heap than the daemon's memory limit, and the collector ran
 // without pause. It holds *[]byte, so that Put does not allocate.
 var udpBufs = sync.Pool{New: func() any { b := make([]byte, udpMaxDatagram); return &b }}
 
-// readWaiter is implemented by the gateway's UDP sockets (stack.UDPConn):
-// WaitRead blocks until a Read would not.
-type readWaiter interface{ WaitRead() }
+// datagramNotifier is implemented by the gateway's UDP sockets
+// (stack.UDPConn): OnDatagram calls fn on the gateway's receive path for
+// each datagram, and ReadNow reads one without waiting.
+type datagramNotifier interface {
+	OnDatagram(fn func()) (stop func())
+	ReadNow(p []byte) (n int, ok bool, err error)
+}
 
 // readDatagram reads c's next datagram into a buffer from udpBufs, taken
-// once the datagram is there when c can wait for one. On success the
-// caller gives the buffer back.
+// once the datagram is there for a host socket (hostIO.readPooled); other
+// conns (tests') hold it while they wait. On success the caller gives the
+// buffer back.
 func readDatagram(c io.Reader) (*[]byte, int, error) {
-	switch c := c.(type) {
-	case *hostIO:
-		return c.readPooled(&udpBufs)
-	case readWaiter:
-		c.WaitRead()
+	if h, ok := c.(*hostIO); ok {
+		return h.readPooled(&udpBufs)
 	}
 	buf := udpBufs.Get().(*[]byte)
 	n, err := c.Read(*buf)
@@ -72,6 +79,9 @@ type udpFlow struct {
 	// hostRW is host, read and written with raw syscalls (hostIO) when
 	// it is a kernel socket.
 	hostRW io.ReadWriter
+	// drainMu makes drainGuest's calls one at a time, so datagrams keep
+	// their order.
+	drainMu sync.Mutex
 }
 
 // close closes whichever sockets the flow has.
@@ -147,11 +157,67 @@ func (o *Outbound) handleUDP(src, dst netip.AddrPort, r udpRequest) {
 		o.udpDropped.Add(1)
 		return
 	}
-	o.wg.Add(2)
+	notifier, inline := guest.(datagramNotifier)
+	if inline {
+		o.wg.Add(1)
+	} else {
+		o.wg.Add(2)
+	}
 	o.mu.Unlock()
 	o.udpFlows.Add(1)
-	go o.udpGuestToHost(f)
+	if inline {
+		// Closing the guest conn ends the calls (ReadNow fails), so the
+		// registration needs no undoing.
+		notifier.OnDatagram(func() { o.drainGuest(f, notifier) })
+		o.drainGuest(f, notifier) // the first datagram, queued by Accept
+	} else {
+		go o.udpGuestToHost(f)
+	}
 	go o.udpHostToGuest(f)
+}
+
+// drainGuest sends the datagrams queued on the guest conn to the host. It
+// runs on the gateway's receive path, so it never waits: a datagram the
+// host socket has no room for is dropped and counted.
+func (o *Outbound) drainGuest(f *udpFlow, g datagramNotifier) {
+	f.drainMu.Lock()
+	defer f.drainMu.Unlock()
+	buf := udpBufs.Get().(*[]byte)
+	defer udpBufs.Put(buf)
+	for {
+		n, ok, err := g.ReadNow(*buf)
+		if !ok || err != nil {
+			return // none left, or the flow is closing
+		}
+		o.mu.Lock()
+		o.udp.sent(f.key, o.cfg.Clock())
+		o.mu.Unlock()
+		if h, ok := f.hostRW.(*hostIO); ok {
+			_, err = h.writeNow((*buf)[:n])
+		} else {
+			_, err = f.hostRW.Write((*buf)[:n])
+		}
+		o.noteHostSend(f, err)
+	}
+}
+
+// noteHostSend accounts for how a send to the host went (err) and reports
+// whether the flow's socket is closed.
+func (o *Outbound) noteHostSend(f *udpFlow, err error) (closed bool) {
+	switch {
+	case err == nil:
+	case isClosed(err):
+		return true
+	case icmpReported(err):
+		// An earlier datagram drew an ICMP error (nothing listening,
+		// unreachable): ordinary for UDP, and the flow stays, as a
+		// kernel NAT would keep it.
+	case errors.Is(err, errWouldBlock):
+		o.udpDropped.Add(1)
+	default:
+		o.dataError("nat: udp send to host failed", "src", f.key.Src, "dst", f.key.Dst, "err", err)
+	}
+	return false
 }
 
 // dropFlow removes a flow that never got its sockets.
@@ -164,7 +230,8 @@ func (o *Outbound) dropFlow(f *udpFlow) {
 	o.udpDropped.Add(1)
 }
 
-// udpGuestToHost copies datagrams from the guest to the host socket.
+// udpGuestToHost copies datagrams from the guest to the host socket, for a
+// guest conn that cannot say when one arrives (drainGuest's fallback).
 func (o *Outbound) udpGuestToHost(f *udpFlow) {
 	defer o.wg.Done()
 	defer o.endFlow(f)
@@ -178,17 +245,8 @@ func (o *Outbound) udpGuestToHost(f *udpFlow) {
 		o.mu.Unlock()
 		_, err = f.hostRW.Write((*buf)[:n])
 		udpBufs.Put(buf)
-		if err != nil {
-			switch {
-			case isClosed(err):
-				return
-			case icmpReported(err):
-				// An earlier datagram drew an ICMP error (nothing
-				// listening, unreachable): ordinary for UDP, and the
-				// flow stays, as a kernel NAT would keep it.
-			default:
-				o.dataError("nat: udp send to host failed", "src", f.key.Src, "dst", f.key.Dst, "err", err)
-			}
+		if o.noteHostSend(f, err) {
+			return
 		}
 	}
 }

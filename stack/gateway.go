@@ -378,7 +378,7 @@ func (g *Gateway) dialTCP(ctx context.Context, src, dst netip.AddrPort) (*tcpCon
 // (zero address means the gateway's; port 0 picks one) to dst.
 func (g *Gateway) DialUDP(src, dst netip.AddrPort) (net.Conn, error) {
 	laddr, raddr, proto := g.fullAddrs(src, dst)
-	// gonet.DialUDP's steps, keeping the endpoint for UDPConn.WaitRead.
+	// gonet.DialUDP's steps, keeping the endpoint for UDPConn.
 	var wq waiter.Queue
 	ep, terr := g.stack.NewEndpoint(udp.ProtocolNumber, proto, &wq)
 	op := "socket"

@@ -1,16 +1,18 @@
 package stack
 
 import (
+	"net"
+
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // UDPConn is a UDP socket of the gateway's (a guest flow's, or one dialed
-// into the network): a gonet.UDPConn that can also wait for a datagram
-// without reading it. A copy loop that waits first and takes a buffer only
-// for the datagram holds none while the flow is quiet, where one blocked
-// in Read holds a buffer for the largest datagram (64 KiB) the whole time.
+// into the network): a gonet.UDPConn that can also call a function as
+// each datagram arrives, on the gateway's receive path. A NAT that sends
+// each datagram on from there needs no goroutine per flow waiting in Read,
+// nor a buffer for the largest datagram (64 KiB) held while it waits.
 type UDPConn struct {
 	*gonet.UDPConn
 	wq *waiter.Queue
@@ -21,21 +23,37 @@ func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *UDPConn {
 	return &UDPConn{UDPConn: gonet.NewUDPConn(wq, ep), wq: wq, ep: ep}
 }
 
-// waitEvents are the events after which a Read does not block: a datagram,
-// a pending error, or the socket closed.
+// waitEvents are the events after which a read does not block: a
+// datagram, a pending error, or the socket closed.
 const waitEvents = waiter.ReadableEvents | waiter.EventErr | waiter.EventHUp
 
-// WaitRead blocks until a Read would not: a datagram is queued, an error
-// is pending, or the conn is closed (Read then fails). It ignores
-// deadlines.
-func (c *UDPConn) WaitRead() {
-	if c.ep.Readiness(waitEvents) != 0 {
-		return
-	}
-	e, ch := waiter.NewChannelEntry(waitEvents)
+// OnDatagram calls fn each time a datagram for c arrives, and when c
+// closes, until stop is called. fn runs on the gateway's receive path, so
+// it must not block: read with ReadNow, send without waiting. Datagrams
+// queued before OnDatagram do not call it; read them first (or after).
+// fn also runs inside c.Close, under the endpoint's lock: it must call no
+// method of c but ReadNow, nor stop.
+func (c *UDPConn) OnDatagram(fn func()) (stop func()) {
+	e := waiter.NewFunctionEntry(waitEvents, func(waiter.EventMask) { fn() })
 	c.wq.EventRegister(&e)
-	defer c.wq.EventUnregister(&e)
-	for c.ep.Readiness(waitEvents) == 0 {
-		<-ch
+	return func() { c.wq.EventUnregister(&e) }
+}
+
+// ReadNow reads a queued datagram into p without waiting: ok is false
+// when none is queued, and err is set when c is closed or failed.
+func (c *UDPConn) ReadNow(p []byte) (n int, ok bool, err error) {
+	w := tcpip.SliceWriter(p)
+	res, terr := c.ep.Read(&w, tcpip.ReadOptions{})
+	switch terr.(type) {
+	case nil:
+		return res.Count, true, nil
+	case *tcpip.ErrWouldBlock:
+		return 0, false, nil
+	case *tcpip.ErrClosedForReceive:
+		return 0, false, net.ErrClosed
+	default:
+		// Not c.LocalAddr() for the message: ReadNow may run inside Close
+		// (OnDatagram), which holds the endpoint's lock that it takes.
+		return 0, false, convertError("read udp", terr)
 	}
 }
