@@ -130,18 +130,25 @@ func TestE2ETCPRefused(t *testing.T) {
 	}
 }
 
-// TestE2ETCPGatewayToLoopback: a connection to the gateway's address
-// reaches the host's loopback service on the same port.
-func TestE2ETCPGatewayToLoopback(t *testing.T) {
-	checkGoroutines(t)
-	srv := echoServer(t)
+// dialGatewayTCP connects a guest of a new test network, whose gateway
+// reaches the host's loopback, to srv's port on the gateway's address.
+func dialGatewayTCP(t *testing.T, srv netip.AddrPort) *gonet.TCPConn {
+	t.Helper()
 	n := newTestNet(t, Config{HostLoopback: true})
 	g := n.addGuest(t, guestAddr)
 	c, err := g.dialTCP(t, netip.AddrPortFrom(testPrefix.Addr(), srv.Port()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestE2ETCPGatewayToLoopback: a connection to the gateway's address
+// reaches the host's loopback service on the same port.
+func TestE2ETCPGatewayToLoopback(t *testing.T) {
+	checkGoroutines(t)
+	c := dialGatewayTCP(t, echoServer(t))
 	c.Write([]byte("from the guest"))
 	c.CloseWrite()
 	got, err := io.ReadAll(c)
@@ -154,14 +161,7 @@ func TestE2ETCPGatewayToLoopback(t *testing.T) {
 // accepted, gVisor's goroutine for the SYN returns and the relay runs on
 // reused workers (HandleTCP), so it is no longer on any stack.
 func TestE2ETCPRelayOffGVisorGoroutine(t *testing.T) {
-	srv := greeter(t)
-	n := newTestNet(t, Config{HostLoopback: true})
-	g := n.addGuest(t, guestAddr)
-	c, err := g.dialTCP(t, netip.AddrPortFrom(testPrefix.Addr(), srv.Port()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialGatewayTCP(t, greeter(t))
 	if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
 		t.Fatal(err) // the relay is up
 	}
@@ -182,7 +182,7 @@ func TestE2ETCPRelayOffGVisorGoroutine(t *testing.T) {
 
 // TestE2EUDPQuietFlows: a quiet flow costs little: no copy buffer
 // (udpBufs) and one goroutine, for the replies; datagrams from the guest
-// are sent as they arrive (drainGuest). With a 64 KiB buffer per copy loop
+// are sent as they arrive (sendToHost). With a 64 KiB buffer per copy loop
 // each flow held 128 KiB, and with a goroutine per direction two.
 func TestE2EUDPQuietFlows(t *testing.T) {
 	srv := udpEchoServer(t)

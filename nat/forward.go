@@ -424,8 +424,7 @@ type forwardFlow struct {
 	client netip.AddrPort // as the listening socket reported it, for replies
 	conn   net.Conn
 	send   *rawOp // the replies' sendto state (hostPacketConn.WriteTo)
-	// drainMu makes drainReplies's calls one at a time, so replies keep
-	// their order.
+	// drainMu makes drainDatagrams's calls one at a time.
 	drainMu sync.Mutex
 }
 
@@ -620,40 +619,31 @@ func (p *published) udpFlow(client netip.AddrPort) *forwardFlow {
 	if inline {
 		// Closing the conn ends the calls (ReadNow fails), so the
 		// registration needs no undoing.
-		notifier.OnDatagram(func() { p.drainReplies(fl, notifier) })
-		p.drainReplies(fl, notifier) // any that came before
+		send := func(b []byte) { p.sendReply(fl, b) }
+		drain := func() { drainDatagrams(&fl.drainMu, notifier, send) }
+		notifier.OnDatagram(drain)
+		drain() // any that came before
 	} else {
 		go p.udpReplies(fl)
 	}
 	return fl
 }
 
-// drainReplies sends the datagrams queued on fl's conn to the client. It
-// runs on the gateway's receive path, so it never waits: a reply the
-// listening socket has no room for is dropped, as a full socket buffer
-// would.
-func (p *published) drainReplies(fl *forwardFlow, g datagramNotifier) {
-	fl.drainMu.Lock()
-	defer fl.drainMu.Unlock()
-	buf := udpBufs.Get().(*[]byte)
-	defer udpBufs.Put(buf)
-	for {
-		n, ok, err := g.ReadNow(*buf)
-		if !ok || err != nil {
-			return // none left, or the flow is closing
-		}
-		p.mu.Lock()
-		p.flows.received(fl.key, p.f.clock())
-		p.mu.Unlock()
-		if _, err := p.rx.WriteToNow(fl.send, (*buf)[:n], fl.client); err != nil && !isClosed(err) && !errors.Is(err, errWouldBlock) {
-			p.f.limited.warn("nat: published udp reply failed", "mapping", p.m.String(), "client", fl.client, "err", err)
-		}
+// sendReply sends a datagram from inside the network to fl's client
+// without waiting: one the listening socket has no room for is dropped,
+// as a full socket buffer would.
+func (p *published) sendReply(fl *forwardFlow, b []byte) {
+	p.mu.Lock()
+	p.flows.received(fl.key, p.f.clock())
+	p.mu.Unlock()
+	if _, err := p.rx.WriteToNow(fl.send, b, fl.client); err != nil && !isClosed(err) && !errors.Is(err, errWouldBlock) {
+		p.f.limited.warn("nat: published udp reply failed", "mapping", p.m.String(), "client", fl.client, "err", err)
 	}
 }
 
 // udpReplies carries datagrams from inside the network back to the
 // client until the flow's conn is closed, for a conn that cannot say when
-// one arrives (drainReplies's fallback).
+// one arrives (sendReply's fallback).
 func (p *published) udpReplies(fl *forwardFlow) {
 	defer p.wg.Done()
 	defer func() {

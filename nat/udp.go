@@ -22,7 +22,7 @@ import (
 //     accepted; the first datagram arrives through the accepted conn.
 //  4. Datagrams are copied each way and the table told about every one
 //     (sent = guest to host, received = the reply). From the guest they
-//     are sent on the gateway's receive path as they arrive (drainGuest:
+//     are sent on the gateway's receive path as they arrive (sendToHost:
 //     no goroutine, no waiting; a datagram the host socket has no room
 //     for is dropped, as a full socket buffer would). Replies have a
 //     goroutine per flow waiting on the host socket. (A guest conn that
@@ -35,7 +35,7 @@ import (
 const udpMaxDatagram = 65507
 
 // udpBufs lends the UDP copy loops buffers for the largest datagram. A
-// loop takes one only once a datagram is there (drainGuest, readPooled),
+// loop takes one only once a datagram is there (drainDatagrams, readPooled),
 // so a quiet flow holds none: with a buffer per loop, a few hundred flows
 // held more heap than the daemon's memory limit, and the collector ran
 // without pause. It holds *[]byte, so that Put does not allocate.
@@ -79,8 +79,7 @@ type udpFlow struct {
 	// hostRW is host, read and written with raw syscalls (hostIO) when
 	// it is a kernel socket.
 	hostRW io.ReadWriter
-	// drainMu makes drainGuest's calls one at a time, so datagrams keep
-	// their order.
+	// drainMu makes drainDatagrams's calls one at a time.
 	drainMu sync.Mutex
 }
 
@@ -168,20 +167,23 @@ func (o *Outbound) handleUDP(src, dst netip.AddrPort, r udpRequest) {
 	if inline {
 		// Closing the guest conn ends the calls (ReadNow fails), so the
 		// registration needs no undoing.
-		notifier.OnDatagram(func() { o.drainGuest(f, notifier) })
-		o.drainGuest(f, notifier) // the first datagram, queued by Accept
+		send := func(p []byte) { o.sendToHost(f, p) }
+		drain := func() { drainDatagrams(&f.drainMu, notifier, send) }
+		notifier.OnDatagram(drain)
+		drain() // the first datagram, queued by Accept
 	} else {
 		go o.udpGuestToHost(f)
 	}
 	go o.udpHostToGuest(f)
 }
 
-// drainGuest sends the datagrams queued on the guest conn to the host. It
-// runs on the gateway's receive path, so it never waits: a datagram the
-// host socket has no room for is dropped and counted.
-func (o *Outbound) drainGuest(f *udpFlow, g datagramNotifier) {
-	f.drainMu.Lock()
-	defer f.drainMu.Unlock()
+// drainDatagrams hands each datagram queued on g to send, in a buffer from
+// udpBufs, one call at a time (mu) so that they keep their order. It runs
+// on the gateway's receive path (datagramNotifier.OnDatagram), so send
+// must not wait.
+func drainDatagrams(mu *sync.Mutex, g datagramNotifier, send func(p []byte)) {
+	mu.Lock()
+	defer mu.Unlock()
 	buf := udpBufs.Get().(*[]byte)
 	defer udpBufs.Put(buf)
 	for {
@@ -189,16 +191,23 @@ func (o *Outbound) drainGuest(f *udpFlow, g datagramNotifier) {
 		if !ok || err != nil {
 			return // none left, or the flow is closing
 		}
-		o.mu.Lock()
-		o.udp.sent(f.key, o.cfg.Clock())
-		o.mu.Unlock()
-		if h, ok := f.hostRW.(*hostIO); ok {
-			_, err = h.writeNow((*buf)[:n])
-		} else {
-			_, err = f.hostRW.Write((*buf)[:n])
-		}
-		o.noteHostSend(f, err)
+		send((*buf)[:n])
 	}
+}
+
+// sendToHost sends a datagram from the guest to the host without waiting:
+// one the host socket has no room for is dropped and counted.
+func (o *Outbound) sendToHost(f *udpFlow, p []byte) {
+	o.mu.Lock()
+	o.udp.sent(f.key, o.cfg.Clock())
+	o.mu.Unlock()
+	var err error
+	if h, ok := f.hostRW.(*hostIO); ok {
+		_, err = h.writeNow(p)
+	} else {
+		_, err = f.hostRW.Write(p)
+	}
+	o.noteHostSend(f, err)
 }
 
 // noteHostSend accounts for how a send to the host went (err) and reports
@@ -231,7 +240,7 @@ func (o *Outbound) dropFlow(f *udpFlow) {
 }
 
 // udpGuestToHost copies datagrams from the guest to the host socket, for a
-// guest conn that cannot say when one arrives (drainGuest's fallback).
+// guest conn that cannot say when one arrives (sendToHost's fallback).
 func (o *Outbound) udpGuestToHost(f *udpFlow) {
 	defer o.wg.Done()
 	defer o.endFlow(f)
