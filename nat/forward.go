@@ -617,8 +617,7 @@ func (p *published) udpFlow(client netip.AddrPort) *forwardFlow {
 		return nil
 	}
 	if inline {
-		// Closing the conn ends the calls (ReadNow fails), so the
-		// registration needs no undoing.
+		// Closing the conn ends the calls (ReadNow fails).
 		send := func(b []byte) { p.sendReply(fl, b) }
 		drain := func() { drainDatagrams(&fl.drainMu, notifier, send) }
 		notifier.OnDatagram(drain)

@@ -45,7 +45,7 @@ var udpBufs = sync.Pool{New: func() any { b := make([]byte, udpMaxDatagram); ret
 // (stack.UDPConn): OnDatagram calls fn on the gateway's receive path for
 // each datagram, and ReadNow reads one without waiting.
 type datagramNotifier interface {
-	OnDatagram(fn func()) (stop func())
+	OnDatagram(fn func())
 	ReadNow(p []byte) (n int, ok bool, err error)
 }
 
@@ -165,8 +165,7 @@ func (o *Outbound) handleUDP(src, dst netip.AddrPort, r udpRequest) {
 	o.mu.Unlock()
 	o.udpFlows.Add(1)
 	if inline {
-		// Closing the guest conn ends the calls (ReadNow fails), so the
-		// registration needs no undoing.
+		// Closing the guest conn ends the calls (ReadNow fails).
 		send := func(p []byte) { o.sendToHost(f, p) }
 		drain := func() { drainDatagrams(&f.drainMu, notifier, send) }
 		notifier.OnDatagram(drain)

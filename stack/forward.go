@@ -112,7 +112,7 @@ type UDPRequest struct {
 }
 
 // Accept creates a socket for the flow, connected to Src and bound to Dst,
-// and returns it; the first datagram is already queued on it. The caller
+// and returns it (a *UDPConn); the first datagram is already queued on it. The caller
 // owns the connection; closing it ends the flow (the next datagram starts
 // a new request). Accept must be called from HandleUDP, at most once.
 func (r *UDPRequest) Accept() (net.Conn, error) {

@@ -294,6 +294,75 @@ func TestUDPForward(t *testing.T) {
 	}
 }
 
+// TestUDPConnOnDatagram: a flow's conn calls OnDatagram's function for
+// each datagram that arrives after it (ReadNow reads them) and once more
+// on Close, where ReadNow reports net.ErrClosed without deadlocking.
+func TestUDPConnOnDatagram(t *testing.T) {
+	ctx := testContext(t)
+	conns := make(chan *UDPConn, 1)
+	h := udpHandlerFunc(func(r *UDPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			t.Errorf("Accept: %v", err)
+			return
+		}
+		conns <- c.(*UDPConn)
+	})
+	n := newTestNet(t, Config{UDP: h})
+	g := n.addGuest(t, guestAddr, guestMAC, true)
+	raddr := g.fullAddr(netip.MustParseAddrPort("192.0.2.53:9000"))
+	gc, err := gonet.DialUDP(g.s, nil, &raddr, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("guest dial: %v", err)
+	}
+	defer gc.Close()
+	gc.Write([]byte("first"))
+	var c *UDPConn
+	select {
+	case c = <-conns:
+	case <-ctx.Done():
+		t.Fatal("no flow")
+	}
+	got := make(chan string, 4)
+	read := func() {
+		buf := make([]byte, 100)
+		for {
+			k, ok, err := c.ReadNow(buf)
+			switch {
+			case err != nil:
+				got <- "error: " + err.Error()
+				return
+			case !ok:
+				return
+			}
+			got <- string(buf[:k])
+		}
+	}
+	c.OnDatagram(read)
+	read() // the first, queued before
+	gc.Write([]byte("second"))
+	closed := make(chan struct{})
+	for _, want := range []string{"first", "second", "close"} {
+		if want == "close" {
+			go func() { c.Close(); close(closed) }()
+			want = "error: " + net.ErrClosed.Error()
+		}
+		select {
+		case s := <-got:
+			if s != want {
+				t.Fatalf("read %q, want %q", s, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no call for %q", want)
+		}
+	}
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		t.Fatal("Close did not return")
+	}
+}
+
 func TestDialUDP(t *testing.T) {
 	ctx := testContext(t)
 	n := newTestNet(t, Config{})

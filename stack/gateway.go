@@ -374,8 +374,9 @@ func (g *Gateway) dialTCP(ctx context.Context, src, dst netip.AddrPort) (*tcpCon
 	return newTCPConn(&wq, ep), nil
 }
 
-// DialUDP opens a connected UDP socket from inside the network, from src
-// (zero address means the gateway's; port 0 picks one) to dst.
+// DialUDP opens a connected UDP socket (a *UDPConn) from inside the
+// network, from src (zero address means the gateway's; port 0 picks one)
+// to dst.
 func (g *Gateway) DialUDP(src, dst netip.AddrPort) (net.Conn, error) {
 	laddr, raddr, proto := g.fullAddrs(src, dst)
 	// gonet.DialUDP's steps, keeping the endpoint for UDPConn.

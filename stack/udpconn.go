@@ -23,20 +23,19 @@ func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *UDPConn {
 	return &UDPConn{UDPConn: gonet.NewUDPConn(wq, ep), wq: wq, ep: ep}
 }
 
-// waitEvents are the events after which a read does not block: a
-// datagram, a pending error, or the socket closed.
-const waitEvents = waiter.ReadableEvents | waiter.EventErr | waiter.EventHUp
+// datagramEvents are the events OnDatagram's fn runs for: a datagram, a
+// pending error, the socket closed.
+const datagramEvents = waiter.ReadableEvents | waiter.EventErr | waiter.EventHUp
 
 // OnDatagram calls fn each time a datagram for c arrives, and when c
-// closes, until stop is called. fn runs on the gateway's receive path, so
-// it must not block: read with ReadNow, send without waiting. Datagrams
-// queued before OnDatagram do not call it; read them first (or after).
-// fn also runs inside c.Close, under the endpoint's lock: it must call no
-// method of c but ReadNow, nor stop.
-func (c *UDPConn) OnDatagram(fn func()) (stop func()) {
-	e := waiter.NewFunctionEntry(waitEvents, func(waiter.EventMask) { fn() })
+// closes, for as long as c lives. fn runs on the gateway's receive path,
+// so it must not block: read with ReadNow, send without waiting.
+// Datagrams queued before OnDatagram do not call it; read them first (or
+// after). fn also runs inside c.Close, under the endpoint's lock: it must
+// call no method of c but ReadNow.
+func (c *UDPConn) OnDatagram(fn func()) {
+	e := waiter.NewFunctionEntry(datagramEvents, func(waiter.EventMask) { fn() })
 	c.wq.EventRegister(&e)
-	return func() { c.wq.EventUnregister(&e) }
 }
 
 // ReadNow reads a queued datagram into p without waiting: ok is false
