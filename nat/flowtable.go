@@ -44,11 +44,16 @@ type flowKey struct {
 
 // flowEntry is one flow's bookkeeping and the caller's value for it.
 type flowEntry[V any] struct {
+	key     flowKey
 	value   V
 	first   time.Time // the datagram that made the flow
 	last    time.Time // last datagram in either direction
 	replied bool      // a datagram went Dst -> Src
 	stream  bool      // replied, and active udpStreamAfter after first
+
+	// prev and next link a flow that is not a stream into its table's
+	// queries list; both are nil for a stream.
+	prev, next *flowEntry[V]
 }
 
 // seen records a datagram in either direction at time at.
@@ -69,11 +74,42 @@ func (e *flowEntry[V]) seen(at time.Time) {
 type flowTable[V any] struct {
 	max   int
 	flows map[flowKey]*flowEntry[V]
+	// queries is the head of a circular list of the flows that are not
+	// streams, quietest first, so that add finds the one to drop at once:
+	// a scan of a full table for it cost more than the rest of a new
+	// flow at a few thousand a second.
+	queries flowEntry[V]
 }
 
 // newFlowTable returns an empty table holding at most max flows.
 func newFlowTable[V any](max int) *flowTable[V] {
-	return &flowTable[V]{max: max, flows: make(map[flowKey]*flowEntry[V])}
+	t := &flowTable[V]{max: max, flows: make(map[flowKey]*flowEntry[V])}
+	t.queries.prev, t.queries.next = &t.queries, &t.queries
+	return t
+}
+
+// pushQuery puts e at the end of the queries list, as the latest active.
+func (t *flowTable[V]) pushQuery(e *flowEntry[V]) {
+	e.prev, e.next = t.queries.prev, &t.queries
+	e.prev.next, t.queries.prev = e, e
+}
+
+// unlink takes e out of the queries list if it is in it.
+func (t *flowTable[V]) unlink(e *flowEntry[V]) {
+	if e.prev != nil {
+		e.prev.next, e.next.prev = e.next, e.prev
+		e.prev, e.next = nil, nil
+	}
+}
+
+// touch records a datagram of e's at time at and keeps the queries list
+// in order: e moves to its end, or leaves it on becoming a stream.
+func (t *flowTable[V]) touch(e *flowEntry[V], at time.Time) {
+	e.seen(at)
+	t.unlink(e)
+	if !e.stream {
+		t.pushQuery(e)
+	}
 }
 
 // add inserts a new flow created by a datagram Src -> Dst at time at. It
@@ -86,20 +122,17 @@ func (t *flowTable[V]) add(k flowKey, v V, at time.Time) (dropped V, err error) 
 		return dropped, errFlowExist
 	}
 	if len(t.flows) >= t.max {
-		var oldest flowKey
-		var found *flowEntry[V]
-		for ok, e := range t.flows {
-			if !e.stream && (found == nil || e.last.Before(found.last)) {
-				oldest, found = ok, e
-			}
-		}
-		if found == nil {
+		quietest := t.queries.next
+		if quietest == &t.queries {
 			return dropped, errTableFull
 		}
-		delete(t.flows, oldest)
-		dropped = found.value
+		t.unlink(quietest)
+		delete(t.flows, quietest.key)
+		dropped = quietest.value
 	}
-	t.flows[k] = &flowEntry[V]{value: v, first: at, last: at}
+	e := &flowEntry[V]{key: k, value: v, first: at, last: at}
+	t.flows[k] = e
+	t.pushQuery(e)
 	return dropped, nil
 }
 
@@ -118,7 +151,7 @@ func (t *flowTable[V]) get(k flowKey) (V, bool) {
 func (t *flowTable[V]) sent(k flowKey, at time.Time) bool {
 	e, ok := t.flows[k]
 	if ok {
-		e.seen(at)
+		t.touch(e, at)
 	}
 	return ok
 }
@@ -131,7 +164,7 @@ func (t *flowTable[V]) received(k flowKey, at time.Time) bool {
 		return false
 	}
 	e.replied = true
-	e.seen(at)
+	t.touch(e, at)
 	return true
 }
 
@@ -164,6 +197,7 @@ func (t *flowTable[V]) expire(at time.Time) []V {
 	for k, e := range t.flows {
 		if !at.Before(e.last.Add(flowTimeout(k, e.stream))) {
 			out = append(out, e.value)
+			t.unlink(e)
 			delete(t.flows, k)
 		}
 	}
@@ -177,6 +211,7 @@ func (t *flowTable[V]) remove(k flowKey) (V, bool) {
 		var zero V
 		return zero, false
 	}
+	t.unlink(e)
 	delete(t.flows, k)
 	return e.value, true
 }
@@ -186,6 +221,7 @@ func (t *flowTable[V]) removeAll() []V {
 	out := make([]V, 0, len(t.flows))
 	for k, e := range t.flows {
 		out = append(out, e.value)
+		t.unlink(e)
 		delete(t.flows, k)
 	}
 	return out

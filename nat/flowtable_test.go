@@ -2,6 +2,8 @@ package nat
 
 import (
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -184,5 +186,68 @@ func TestFlowTableFull(t *testing.T) {
 	}
 	if tab.len() != 0 {
 		t.Fatalf("len after removeAll = %d", tab.len())
+	}
+}
+
+// TestFlowTableQuietestMatchesScan drives a small table with random
+// datagrams, removals and expiry on a clock that only moves forward, and
+// checks that every flow a full table drops is the one a scan of all
+// flows would have picked: the non-stream flow with the oldest last
+// datagram.
+func TestFlowTableQuietestMatchesScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	tab := newFlowTable[int](16)
+	now := t0
+	keys := make([]flowKey, 64)
+	for i := range keys {
+		keys[i] = key(fmt.Sprintf("10.0.0.2:%d", 1000+i), "192.0.2.1:9")
+	}
+	drops := 0
+	for step := range 5000 {
+		now = now.Add(time.Duration(1+rng.IntN(300)) * time.Millisecond)
+		k := keys[rng.IntN(len(keys))]
+		switch op := rng.IntN(10); {
+		case op < 5:
+			if _, ok := tab.get(k); ok {
+				break
+			}
+			var want flowKey
+			var wantLast time.Time
+			full := tab.len() >= tab.max
+			for fk, e := range tab.flows {
+				if !e.stream && (wantLast.IsZero() || e.last.Before(wantLast)) {
+					want, wantLast = fk, e.last
+				}
+			}
+			dropped, err := tab.add(k, step, now)
+			switch {
+			case !full && (err != nil || dropped != 0):
+				t.Fatalf("step %d: add to a table with room = %d, %v", step, dropped, err)
+			case full && wantLast.IsZero() && !errors.Is(err, errTableFull):
+				t.Fatalf("step %d: add to a table of streams = %d, %v", step, dropped, err)
+			case full && !wantLast.IsZero():
+				if _, still := tab.get(want); err != nil || still {
+					t.Fatalf("step %d: full table kept %v (last %v), the quietest query; err %v", step, want, wantLast, err)
+				}
+				drops++
+			}
+		case op < 7:
+			tab.sent(k, now)
+		case op < 9:
+			tab.received(k, now)
+		default:
+			if rng.IntN(4) == 0 {
+				tab.expire(now)
+			} else {
+				tab.remove(k)
+			}
+		}
+	}
+	if drops == 0 {
+		t.Fatal("the table never dropped a flow: the test did not test")
+	}
+	tab.removeAll()
+	if tab.queries.next != &tab.queries || tab.queries.prev != &tab.queries {
+		t.Fatal("queries list not empty after removeAll")
 	}
 }
