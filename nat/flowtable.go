@@ -56,16 +56,6 @@ type flowEntry[V any] struct {
 	prev, next *flowEntry[V]
 }
 
-// seen records a datagram in either direction at time at.
-func (e *flowEntry[V]) seen(at time.Time) {
-	if at.After(e.last) {
-		e.last = at
-	}
-	if e.replied && at.Sub(e.first) >= udpStreamAfter {
-		e.stream = true
-	}
-}
-
 // flowTable is the UDP flow table: a plain data structure with no
 // goroutines and no clock of its own. Every method takes the time of the
 // event it records; the caller serializes calls (it is not safe for
@@ -102,10 +92,16 @@ func (t *flowTable[V]) unlink(e *flowEntry[V]) {
 	}
 }
 
-// touch records a datagram of e's at time at and keeps the queries list
-// in order: e moves to its end, or leaves it on becoming a stream.
+// touch records a datagram of e's, in either direction, at time at and
+// keeps the queries list in order: e moves to its end, or leaves it on
+// becoming a stream.
 func (t *flowTable[V]) touch(e *flowEntry[V], at time.Time) {
-	e.seen(at)
+	if at.After(e.last) {
+		e.last = at
+	}
+	if e.replied && at.Sub(e.first) >= udpStreamAfter {
+		e.stream = true
+	}
 	t.unlink(e)
 	if !e.stream {
 		t.pushQuery(e)
