@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -264,7 +265,7 @@ func TestDialDirectSource(t *testing.T) {
 	}
 	from := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.5"), closedPort(t))
 	for i, target := range targets {
-		c, err := dialDirect(files[i], from, target)
+		c, err := dialDirect(files[i], from, target, false)
 		if err != nil {
 			t.Fatalf("to %s: %v", target, err)
 		}
@@ -318,6 +319,224 @@ func TestForwardsDirectReset(t *testing.T) {
 	_, err = io.ReadAll(c)
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("client: %v, want connection reset", err)
+	}
+	if s := r.d.sources(); len(s) != 0 {
+		t.Errorf("the gateway dialed %v; the test meant the direct path", s)
+	}
+}
+
+// TestDialDirectHoldAck: a direct socket dialed for a client that has
+// spoken keeps the handshake's last ACK until its first bytes, so the
+// service's accept finds the connection and the bytes together; one
+// dialed for a silent client (the server speaks first) completes the
+// handshake at once.
+func TestDialDirectHoldAck(t *testing.T) {
+	// The kernel holds the ACK for its delayed-ACK timer (at most
+	// 200 ms); a look at the accept queue later than this cannot tell.
+	const conclusive = 150 * time.Millisecond
+	for _, hold := range []bool{true, false} {
+		t.Run(fmt.Sprintf("hold=%v", hold), func(t *testing.T) {
+			from := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.5"), 0)
+			for try := 0; ; try++ {
+				// A listener of its own for each try: closing a held
+				// socket sends the ACK, and the connection of the try
+				// before would show up in this one's accept queue.
+				ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ln.Close()
+				target := ln.Addr().(*net.TCPAddr).AddrPort()
+				files, err := (&plainSockets{}).get(context.Background(), 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				start := time.Now()
+				c, err := dialDirect(files[0], from, target, hold)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// Look at the accept queue: held, once; otherwise until
+				// the connection shows up or a look stops being
+				// conclusive.
+				var s *net.TCPConn
+				var late bool
+				for {
+					// A deadline already past would fail the accept
+					// before it tried.
+					ln.SetDeadline(time.Now().Add(time.Millisecond))
+					s, _ = ln.AcceptTCP()
+					late = time.Since(start) > conclusive
+					if s != nil || late || hold {
+						break
+					}
+				}
+				if late && try < 3 {
+					// The machine stalled this test: look again.
+					if s != nil {
+						s.Close()
+					}
+					c.Close()
+					continue
+				}
+				switch {
+				case hold && s != nil:
+					t.Fatal("the service could accept before the client's bytes were sent")
+				case !hold && s == nil:
+					t.Fatalf("the service could not accept within %v of the dial", conclusive)
+				}
+				if hold {
+					c.Write([]byte("hello"))
+					ln.SetDeadline(time.Now().Add(10 * time.Second))
+					if s, err = ln.AcceptTCP(); err != nil {
+						t.Fatal(err)
+					}
+					if !hasPending(s) {
+						t.Error("the accepted connection has no bytes waiting, want the client's first")
+					}
+				}
+				s.Close()
+				c.Close()
+				return
+			}
+		})
+	}
+}
+
+// TestHasPending: hasPending tells a connection with unread bytes from one
+// without, and says false for what it cannot ask.
+func TestHasPending(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if hasPending(s) {
+		t.Error("hasPending before the peer wrote = true")
+	}
+	c.Write([]byte("x"))
+	deadline := time.Now().Add(10 * time.Second)
+	for !hasPending(s) {
+		if time.Now().After(deadline) {
+			t.Fatal("hasPending never saw the peer's byte")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if hasPending(a) {
+		t.Error("hasPending(net.Pipe) = true, want false")
+	}
+}
+
+// TestForwardsDirectHoldsAck: a client that has spoken before its
+// connection is forwarded gets a direct socket that holds the handshake's
+// last ACK (dialDirect's holdAck), so the service accepts the connection
+// with the request already there.
+func TestForwardsDirectHoldsAck(t *testing.T) {
+	checkGoroutines(t)
+	svc, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	target := svc.Addr().(*net.TCPAddr).AddrPort()
+	r := newDirectRig(t, target, target, "127.0.0.3", &plainSockets{})
+	r.f.mu.Lock()
+	p := r.f.ports[keyOf(Mapping{Proto: "tcp", HostIP: lo, HostPort: r.port})]
+	r.f.mu.Unlock()
+
+	// The published listener's accept is the test's own, so the client's
+	// bytes are surely waiting when the forward starts.
+	host, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	client, err := net.Dial("tcp", host.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := host.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.Write([]byte("hello"))
+	deadline := time.Now().Add(10 * time.Second)
+	for !hasPending(c) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	p.wg.Add(1)
+	go p.forwardTCP(c)
+
+	s, err := svc.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if !hasPending(s) {
+		t.Error("the service accepted the connection before the client's request was there")
+	}
+	s.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "hello" {
+		t.Errorf("service read %q, %v; want hello", buf, err)
+	}
+}
+
+// TestForwardsDirectSilentClient: a client that sends nothing (the server
+// speaks first: SMTP, MySQL, SSH banners) has its connection reach the
+// service at once, not after the delayed-ACK timer that a held handshake
+// waits for (up to 200 ms).
+func TestForwardsDirectSilentClient(t *testing.T) {
+	checkGoroutines(t)
+	svc, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	target := svc.Addr().(*net.TCPAddr).AddrPort()
+	r := newDirectRig(t, target, target, "127.0.0.3", &plainSockets{})
+	const conclusive = 150 * time.Millisecond
+	for try := 0; ; try++ {
+		start := time.Now()
+		client, err := net.Dial("tcp", netip.AddrPortFrom(lo, r.port).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+		s, err := svc.Accept()
+		took := time.Since(start)
+		if err != nil {
+			client.Close()
+			t.Fatal(err)
+		}
+		s.Write([]byte("220 ready\n"))
+		client.SetDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(client).ReadString('\n')
+		s.Close()
+		client.Close()
+		if err != nil || line != "220 ready\n" {
+			t.Fatalf("client read %q, %v; want the banner", line, err)
+		}
+		if took < conclusive {
+			break
+		}
+		if try == 3 {
+			t.Fatalf("the service saw the connection %v after the client dialed, four times over; want at once", took)
+		}
 	}
 	if s := r.d.sources(); len(s) != 0 {
 		t.Errorf("the gateway dialed %v; the test meant the direct path", s)
