@@ -326,81 +326,83 @@ func TestForwardsDirectReset(t *testing.T) {
 }
 
 // TestDialDirectHoldAck: a direct socket dialed for a client that has
-// spoken keeps the handshake's last ACK until its first bytes, so the
-// service's accept finds the connection and the bytes together; one
-// dialed for a silent client (the server speaks first) completes the
-// handshake at once.
+// spoken sends the handshake's last ACK with its first bytes; one dialed
+// for a silent client sends it at once (TestForwardsDirectSilentClient
+// checks what that is for).
 func TestDialDirectHoldAck(t *testing.T) {
-	// The kernel holds the ACK for its delayed-ACK timer (at most
-	// 200 ms); a look at the accept queue later than this cannot tell.
-	const conclusive = 150 * time.Millisecond
-	for _, hold := range []bool{true, false} {
-		t.Run(fmt.Sprintf("hold=%v", hold), func(t *testing.T) {
+	for _, tc := range []struct {
+		hold bool
+		want uint32 // segments the service's socket received
+	}{
+		{true, 2},  // SYN, ACK with the bytes
+		{false, 3}, // SYN, ACK, the bytes
+	} {
+		t.Run(fmt.Sprintf("hold=%v", tc.hold), func(t *testing.T) {
+			svc, target := listenService(t)
+			files, err := (&plainSockets{}).get(context.Background(), 1)
+			if err != nil {
+				t.Fatal(err)
+			}
 			from := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.5"), 0)
-			for try := 0; ; try++ {
-				// A listener of its own for each try: closing a held
-				// socket sends the ACK, and the connection of the try
-				// before would show up in this one's accept queue.
-				ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer ln.Close()
-				target := ln.Addr().(*net.TCPAddr).AddrPort()
-				files, err := (&plainSockets{}).get(context.Background(), 1)
-				if err != nil {
-					t.Fatal(err)
-				}
-				start := time.Now()
-				c, err := dialDirect(files[0], from, target, hold)
-				if err != nil {
-					t.Fatal(err)
-				}
-				// Look at the accept queue: held, once; otherwise until
-				// the connection shows up or a look stops being
-				// conclusive.
-				var s *net.TCPConn
-				var late bool
-				for {
-					// A deadline already past would fail the accept
-					// before it tried.
-					ln.SetDeadline(time.Now().Add(time.Millisecond))
-					s, _ = ln.AcceptTCP()
-					late = time.Since(start) > conclusive
-					if s != nil || late || hold {
-						break
-					}
-				}
-				if late && try < 3 {
-					// The machine stalled this test: look again.
-					if s != nil {
-						s.Close()
-					}
-					c.Close()
-					continue
-				}
-				switch {
-				case hold && s != nil:
-					t.Fatal("the service could accept before the client's bytes were sent")
-				case !hold && s == nil:
-					t.Fatalf("the service could not accept within %v of the dial", conclusive)
-				}
-				if hold {
-					c.Write([]byte("hello"))
-					ln.SetDeadline(time.Now().Add(10 * time.Second))
-					if s, err = ln.AcceptTCP(); err != nil {
-						t.Fatal(err)
-					}
-					if !hasPending(s) {
-						t.Error("the accepted connection has no bytes waiting, want the client's first")
-					}
-				}
-				s.Close()
-				c.Close()
-				return
+			c, err := dialDirect(files[0], from, target, tc.hold)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte("hello"))
+			s := acceptRequest(t, svc, "hello")
+			defer s.Close()
+			if got := segmentsIn(t, s); got != tc.want {
+				t.Errorf("the service's socket received %d segments, want %d", got, tc.want)
 			}
 		})
 	}
+}
+
+// listenService listens on loopback for a test's service, until the test
+// ends.
+func listenService(t *testing.T) (*net.TCPListener, netip.AddrPort) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln, ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// acceptRequest accepts one connection on ln and reads want from it.
+func acceptRequest(t *testing.T, ln *net.TCPListener, want string) *net.TCPConn {
+	t.Helper()
+	ln.SetDeadline(time.Now().Add(10 * time.Second))
+	s, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, len(want))
+	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != want {
+		s.Close()
+		t.Fatalf("service read %q, %v; want %q", buf, err, want)
+	}
+	return s
+}
+
+// segmentsIn is how many TCP segments c's socket has received.
+func segmentsIn(t *testing.T, c *net.TCPConn) uint32 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	rc.Control(func(fd uintptr) {
+		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Segs_in
 }
 
 // TestHasPending: hasPending tells a connection with unread bytes from one
@@ -442,16 +444,10 @@ func TestHasPending(t *testing.T) {
 
 // TestForwardsDirectHoldsAck: a client that has spoken before its
 // connection is forwarded gets a direct socket that holds the handshake's
-// last ACK (dialDirect's holdAck), so the service accepts the connection
-// with the request already there.
+// last ACK for its request (dialDirect's holdAck).
 func TestForwardsDirectHoldsAck(t *testing.T) {
 	checkGoroutines(t)
-	svc, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	target := svc.Addr().(*net.TCPAddr).AddrPort()
+	svc, target := listenService(t)
 	r := newDirectRig(t, target, target, "127.0.0.3", &plainSockets{})
 	r.f.mu.Lock()
 	p := r.f.ports[keyOf(Mapping{Proto: "tcp", HostIP: lo, HostPort: r.port})]
@@ -459,11 +455,7 @@ func TestForwardsDirectHoldsAck(t *testing.T) {
 
 	// The published listener's accept is the test's own, so the client's
 	// bytes are surely waiting when the forward starts.
-	host, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer host.Close()
+	host, _ := listenService(t)
 	client, err := net.Dial("tcp", host.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -481,18 +473,10 @@ func TestForwardsDirectHoldsAck(t *testing.T) {
 	p.wg.Add(1)
 	go p.forwardTCP(c)
 
-	s, err := svc.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := acceptRequest(t, svc, "hello")
 	defer s.Close()
-	if !hasPending(s) {
-		t.Error("the service accepted the connection before the client's request was there")
-	}
-	s.SetDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 5)
-	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "hello" {
-		t.Errorf("service read %q, %v; want hello", buf, err)
+	if got := segmentsIn(t, s); got != 2 {
+		t.Errorf("the service's socket received %d segments, want 2 (SYN, ACK with the request)", got)
 	}
 }
 
@@ -502,12 +486,7 @@ func TestForwardsDirectHoldsAck(t *testing.T) {
 // waits for (up to 200 ms).
 func TestForwardsDirectSilentClient(t *testing.T) {
 	checkGoroutines(t)
-	svc, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	target := svc.Addr().(*net.TCPAddr).AddrPort()
+	svc, target := listenService(t)
 	r := newDirectRig(t, target, target, "127.0.0.3", &plainSockets{})
 	const conclusive = 150 * time.Millisecond
 	for try := 0; ; try++ {
@@ -516,7 +495,7 @@ func TestForwardsDirectSilentClient(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		svc.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+		svc.SetDeadline(time.Now().Add(10 * time.Second))
 		s, err := svc.Accept()
 		took := time.Since(start)
 		if err != nil {
