@@ -94,9 +94,17 @@ func (h *hostIO) Read(p []byte) (int, error) {
 // readPooled reads one datagram into a buffer from pool (*[]byte), taken
 // only once the datagram is there: a flow waiting for its next datagram
 // holds no buffer. On success the caller gives the buffer back to pool.
-func (h *hostIO) readPooled(pool *sync.Pool) (*[]byte, int, error) {
+// With wait false it does not wait for one: errWouldBlock when none is
+// queued.
+func (h *hostIO) readPooled(pool *sync.Pool, wait bool) (*[]byte, int, error) {
 	h.rd.pool = pool
-	n, err := h.rd.do(nil, h.rc.Read)
+	var n int
+	var err error
+	if wait {
+		n, err = h.rd.do(nil, h.rc.Read)
+	} else {
+		n, err = h.rd.doNow(nil, h.rc.Control)
+	}
 	b := h.rd.held
 	h.rd.pool, h.rd.held = nil, nil
 	if err != nil && b != nil {

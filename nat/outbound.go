@@ -112,7 +112,7 @@ type Outbound struct {
 
 	ctx    context.Context // cancelled by Close; bounds host dials
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // relays, UDP flow goroutines, the janitor
+	wg     sync.WaitGroup // relays, UDP flow goroutines and reply poller, the janitor
 
 	tcpRelayed, tcpRefused, tcpCapped  atomic.Uint64
 	udpFlows, udpDropped               atomic.Uint64
@@ -127,6 +127,10 @@ type Outbound struct {
 	closed bool
 	live   map[io.Closer]struct{} // TCP connections being relayed
 	udp    *flowTable[*udpFlow]
+	// poller reads the UDP flows' replies (replies_linux.go); made on
+	// the first flow. pollerErr is why it could not be.
+	poller    *replyPoller
+	pollerErr error
 }
 
 // NewOutbound returns an Outbound for one network. It probes which ICMP
@@ -216,6 +220,7 @@ func (o *Outbound) Close() {
 		live = append(live, c)
 	}
 	flows := o.udp.removeAll()
+	poller := o.poller
 	o.mu.Unlock()
 
 	o.cancel()
@@ -224,6 +229,9 @@ func (o *Outbound) Close() {
 	}
 	for _, f := range flows {
 		f.close()
+	}
+	if poller != nil {
+		poller.close()
 	}
 	o.echo.close()
 	o.wg.Wait()

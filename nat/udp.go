@@ -24,12 +24,14 @@ import (
 //     (sent = guest to host, received = the reply). From the guest they
 //     are sent on the gateway's receive path as they arrive (sendToHost:
 //     no goroutine, no waiting; a datagram the host socket has no room
-//     for is dropped, as a full socket buffer would). Replies have a
-//     goroutine per flow waiting on the host socket. (A guest conn that
-//     cannot say when a datagram arrives, a test's, gets a goroutine too.)
+//     for is dropped, as a full socket buffer would). Replies are read by
+//     the network's one replyPoller goroutine (replies_linux.go), which
+//     watches every flow's host socket, and sent to the guest without
+//     waiting either. So a flow has no goroutine of its own. (Conns that
+//     cannot do this, a test's, get a goroutine per direction instead.)
 //  5. The janitor expires flows on Config.Clock (30 s for a query,
 //     answered or not, 180 s for a conversation, 10 s for port 53;
-//     flowtable.go) and closes their sockets, which ends the goroutines.
+//     flowtable.go) and closes their sockets, which ends any goroutines.
 
 // udpMaxDatagram fits any UDP payload (65535 - 8 - 20).
 const udpMaxDatagram = 65507
@@ -55,7 +57,7 @@ type datagramNotifier interface {
 // buffer back.
 func readDatagram(c io.Reader) (*[]byte, int, error) {
 	if h, ok := c.(*hostIO); ok {
-		return h.readPooled(&udpBufs)
+		return h.readPooled(&udpBufs, true)
 	}
 	buf := udpBufs.Get().(*[]byte)
 	n, err := c.Read(*buf)
@@ -81,10 +83,17 @@ type udpFlow struct {
 	hostRW io.ReadWriter
 	// drainMu makes drainDatagrams's calls one at a time.
 	drainMu sync.Mutex
+	// poller watches host for replies, when it does; pollID is the
+	// flow's entry in it (replyPoller's, under its lock).
+	poller *replyPoller
+	pollID uint64
 }
 
 // close closes whichever sockets the flow has.
 func (f *udpFlow) close() {
+	if f.poller != nil {
+		f.poller.remove(f, f.hostRW.(*hostIO))
+	}
 	if f.guest != nil {
 		f.guest.Close()
 	}
@@ -157,10 +166,21 @@ func (o *Outbound) handleUDP(src, dst netip.AddrPort, r udpRequest) {
 		return
 	}
 	notifier, inline := guest.(datagramNotifier)
-	if inline {
+	h, hostRaw := f.hostRW.(*hostIO)
+	_, guestNow := guest.(nowWriter)
+	var poller *replyPoller
+	if hostRaw && guestNow {
+		poller = o.replyPollerLocked()
+	}
+	if poller != nil {
+		// Set before the flow can be closed: close takes it out.
+		f.poller = poller
+	}
+	if !inline {
 		o.wg.Add(1)
-	} else {
-		o.wg.Add(2)
+	}
+	if poller == nil {
+		o.wg.Add(1)
 	}
 	o.mu.Unlock()
 	o.udpFlows.Add(1)
@@ -173,7 +193,90 @@ func (o *Outbound) handleUDP(src, dst netip.AddrPort, r udpRequest) {
 	} else {
 		go o.udpGuestToHost(f)
 	}
-	go o.udpHostToGuest(f)
+	if poller == nil {
+		go o.udpHostToGuest(f)
+		return
+	}
+	if err := poller.add(f, h); err != nil {
+		if isClosed(err) {
+			return // ended while it was set up
+		}
+		// Out of memory for epoll entries, say: the flow cannot hear
+		// back, so it ends.
+		o.dataError("nat: udp flow cannot wait for replies", "src", src, "dst", dst, "err", err)
+		o.endFlow(f)
+	}
+}
+
+// nowWriter is implemented by the gateway's UDP sockets (stack.UDPConn):
+// WriteNow sends without waiting, failing with syscall.EAGAIN when there
+// is no room.
+type nowWriter interface {
+	WriteNow(p []byte) (int, error)
+}
+
+// replyPollerLocked returns the network's reply poller, starting it on
+// the first flow; nil when it cannot be made (the flows then get a
+// goroutine each). o.mu is held.
+func (o *Outbound) replyPollerLocked() *replyPoller {
+	if o.poller != nil || o.pollerErr != nil {
+		return o.poller
+	}
+	p, err := newReplyPoller(o.replies)
+	if err != nil {
+		o.pollerErr = err
+		o.logger.Warn("nat: udp replies need a goroutine per flow", "err", err)
+		return nil
+	}
+	o.poller = p
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		if err := p.run(); err != nil {
+			o.logger.Error("nat: udp replies stopped", "err", err)
+		}
+	}()
+	return p
+}
+
+// replies sends f's queued replies to the guest without waiting, at most
+// replyBurst of them (replyPoller calls it when f's host socket is
+// readable, and again while it stays so), and reports whether it read
+// the socket dry.
+func (o *Outbound) replies(f *udpFlow) (drained bool) {
+	h := f.hostRW.(*hostIO)
+	g := f.guest.(nowWriter)
+	for range replyBurst {
+		buf, n, err := h.readPooled(&udpBufs, false)
+		switch {
+		case errors.Is(err, errWouldBlock):
+			return true
+		case icmpReported(err):
+			// As in udpHostToGuest: an ICMP error for an earlier send.
+			continue
+		case isClosed(err):
+			return true // closed by whoever ended the flow
+		case err != nil:
+			o.dataError("nat: udp receive from host failed", "src", f.key.Src, "dst", f.key.Dst, "err", err)
+			o.endFlow(f)
+			return true
+		}
+		o.mu.Lock()
+		o.udp.received(f.key, o.cfg.Clock())
+		o.mu.Unlock()
+		_, err = g.WriteNow((*buf)[:n])
+		udpBufs.Put(buf)
+		switch {
+		case err == nil:
+		case isClosed(err):
+			return true
+		case errors.Is(err, syscall.EAGAIN):
+			o.udpDropped.Add(1)
+		default:
+			o.dataError("nat: udp send to guest failed", "src", f.key.Src, "dst", f.key.Dst, "err", err)
+		}
+	}
+	return false
 }
 
 // drainDatagrams hands each datagram queued on g to send, in a buffer from

@@ -299,30 +299,7 @@ func TestUDPForward(t *testing.T) {
 // on Close, where ReadNow reports net.ErrClosed without deadlocking.
 func TestUDPConnOnDatagram(t *testing.T) {
 	ctx := testContext(t)
-	conns := make(chan *UDPConn, 1)
-	h := udpHandlerFunc(func(r *UDPRequest) {
-		c, err := r.Accept()
-		if err != nil {
-			t.Errorf("Accept: %v", err)
-			return
-		}
-		conns <- c.(*UDPConn)
-	})
-	n := newTestNet(t, Config{UDP: h})
-	g := n.addGuest(t, guestAddr, guestMAC, true)
-	raddr := g.fullAddr(netip.MustParseAddrPort("192.0.2.53:9000"))
-	gc, err := gonet.DialUDP(g.s, nil, &raddr, ipv4.ProtocolNumber)
-	if err != nil {
-		t.Fatalf("guest dial: %v", err)
-	}
-	defer gc.Close()
-	gc.Write([]byte("first"))
-	var c *UDPConn
-	select {
-	case c = <-conns:
-	case <-ctx.Done():
-		t.Fatal("no flow")
-	}
+	c, gc := udpFlowConns(t, "first")
 	got := make(chan string, 4)
 	read := func() {
 		buf := make([]byte, 100)
@@ -360,6 +337,59 @@ func TestUDPConnOnDatagram(t *testing.T) {
 	case <-closed:
 	case <-ctx.Done():
 		t.Fatal("Close did not return")
+	}
+}
+
+// udpFlowConns starts a guest's UDP flow through the gateway with first as
+// its first datagram and returns the gateway's conn for the flow (from
+// UDPRequest.Accept) and the guest's; both close when the test ends.
+func udpFlowConns(t *testing.T, first string) (*UDPConn, *gonet.UDPConn) {
+	t.Helper()
+	ctx := testContext(t)
+	conns := make(chan *UDPConn, 1)
+	h := udpHandlerFunc(func(r *UDPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			t.Errorf("Accept: %v", err)
+			return
+		}
+		conns <- c.(*UDPConn)
+	})
+	n := newTestNet(t, Config{UDP: h})
+	g := n.addGuest(t, guestAddr, guestMAC, true)
+	raddr := g.fullAddr(netip.MustParseAddrPort("192.0.2.53:9000"))
+	gc, err := gonet.DialUDP(g.s, nil, &raddr, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("guest dial: %v", err)
+	}
+	t.Cleanup(func() { gc.Close() })
+	gc.Write([]byte(first))
+	select {
+	case c := <-conns:
+		t.Cleanup(func() { c.Close() })
+		return c, gc
+	case <-ctx.Done():
+		t.Fatal("no flow")
+		return nil, nil
+	}
+}
+
+// TestUDPConnWriteNow: WriteNow sends a reply to the guest's flow without
+// waiting, and fails with net.ErrClosed once the conn is closed.
+func TestUDPConnWriteNow(t *testing.T) {
+	c, gc := udpFlowConns(t, "query")
+	if k, err := c.WriteNow([]byte("reply")); err != nil || k != 5 {
+		t.Fatalf("WriteNow = %d, %v; want 5, nil", k, err)
+	}
+	gc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 16)
+	k, err := gc.Read(buf)
+	if err != nil || string(buf[:k]) != "reply" {
+		t.Fatalf("guest read %q, %v; want reply", buf[:k], err)
+	}
+	c.Close()
+	if _, err := c.WriteNow([]byte("late")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("WriteNow after Close: %v, want net.ErrClosed", err)
 	}
 }
 

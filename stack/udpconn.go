@@ -1,7 +1,9 @@
 package stack
 
 import (
+	"bytes"
 	"net"
+	"syscall"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -55,4 +57,19 @@ func (c *UDPConn) ReadNow(p []byte) (n int, ok bool, err error) {
 		// (OnDatagram), which holds the endpoint's lock that it takes.
 		return 0, false, convertError("read udp", terr)
 	}
+}
+
+// WriteNow sends p to c's peer without waiting for room: when the
+// endpoint's send buffer is full it fails at once with an error that is
+// syscall.EAGAIN, and the caller may drop p, as a full socket buffer
+// would. For callers that must not park, such as one goroutine serving
+// many flows.
+func (c *UDPConn) WriteNow(p []byte) (int, error) {
+	var r bytes.Reader
+	r.Reset(p)
+	n, terr := c.ep.Write(&r, tcpip.WriteOptions{})
+	if _, ok := terr.(*tcpip.ErrWouldBlock); ok {
+		return 0, syscall.EAGAIN
+	}
+	return int(n), convertError("write udp", terr)
 }
