@@ -26,9 +26,10 @@ import (
 //     Dialer first, and only then are the two relayed with the same relay
 //     as outbound NAT. A failed dial resets the client.
 //  3. UDP: each client address is a flow in a flow table (flowtable.go)
-//     with its own Dialer.DialUDP conn; one goroutine per flow carries the
-//     replies back through the listening socket to the client, and a
-//     janitor expires idle flows.
+//     with its own Dialer.DialUDP conn; the replies go back through the
+//     listening socket to the client as they arrive, on the gateway's
+//     receive path (sendReply: no goroutine per flow), and a janitor
+//     expires idle flows.
 //  4. Remove closes the listener and every connection and flow it
 //     carried, and waits for their goroutines.
 
