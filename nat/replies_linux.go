@@ -132,8 +132,7 @@ func (p *replyPoller) len() int {
 // left each of them with nothing queued, leaves the set empty, and
 // whatever arrives afterwards wakes the runtime's poller. A flow stopped
 // by replyBurst, or a full array, means another look at once. That saves
-// a look per reply (a syscall, 2-3 us) over looking until the set is
-// empty.
+// an epoll_pwait per reply over looking until the set is empty.
 func (p *replyPoller) run() error {
 	var evs [64]unix.EpollEvent
 	ready := make([]*udpFlow, 0, len(evs))
