@@ -62,8 +62,10 @@ type supervisor struct {
 	done   chan struct{} // closed when run returns
 
 	// The sandbox's network namespace: sockets of namespaces nested
-	// inside it are left alone.
+	// inside it are left alone. nsCookie is its SO_NETNS_COOKIE, learnt
+	// from the first socket found in it (0 until then; run's alone).
 	nsDev, nsIno uint64
+	nsCookie     uint64
 
 	threads map[int]*thread // run's alone (thread.go)
 }
@@ -257,8 +259,8 @@ func (s *supervisor) inspect(c *connectCall, pid int, th *thread) error {
 	// A namespace nested inside the sandbox (a container in it, ip netns)
 	// routes by its own rules, which the network's policy knows nothing
 	// of.
-	if dev, ino, err := socketNetns(c.orig); err != nil || dev != s.nsDev || ino != s.nsIno {
-		return fmt.Errorf("socket of another network namespace (%v)", err)
+	if err := s.inSandboxNetns(c.orig); err != nil {
+		return err
 	}
 	// An epoll set watching the socket (nginx adds its upstream sockets
 	// before connecting) would go on watching the old socket, and the
@@ -275,6 +277,27 @@ func (s *supervisor) inspect(c *connectCall, pid int, th *thread) error {
 	// only its fdinfo tells.
 	c.cloexec, err = fdCloexec(pid, c.fd)
 	return err
+}
+
+// inSandboxNetns checks that socket fd was made in the sandbox's own
+// network namespace. Its SO_NETNS_COOKIE (Linux 5.14) answers in one
+// getsockopt once the sandbox's is known; the namespace file's device and
+// inode (SIOCGSKNS, three calls and a file) are the fallback and how the
+// cookie is learnt.
+func (s *supervisor) inSandboxNetns(fd int) error {
+	var cookie uint64
+	if _, err := rawGetsockopt(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE, unsafe.Pointer(&cookie), 8); err != nil {
+		cookie = 0
+	}
+	if cookie != 0 && cookie == s.nsCookie {
+		return nil
+	}
+	dev, ino, err := socketNetns(fd)
+	if err != nil || dev != s.nsDev || ino != s.nsIno {
+		return fmt.Errorf("socket of another network namespace (%v)", err)
+	}
+	s.nsCookie = cookie
+	return nil
 }
 
 // fdCloexec reads whether pid's fd is close-on-exec from its fdinfo.

@@ -337,3 +337,33 @@ func fullListener(t *testing.T) int {
 	t.Cleanup(func() { c.Close() })
 	return port
 }
+
+// TestInSandboxNetns: a socket of the sandbox's namespace passes, and
+// teaches the supervisor the namespace's cookie, which then answers alone;
+// without the cookie, a socket whose namespace file differs is refused.
+func TestInSandboxNetns(t *testing.T) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		t.Skip(err)
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	s := &supervisor{nsDev: st.Dev, nsIno: st.Ino}
+	if err := s.inSandboxNetns(fd); err != nil {
+		t.Fatalf("socket of the namespace refused: %v", err)
+	}
+	if s.nsCookie == 0 {
+		t.Skip("no SO_NETNS_COOKIE (Linux 5.14)")
+	}
+	s.nsIno++ // the namespace file no longer matches: only the cookie can pass it
+	if err := s.inSandboxNetns(fd); err != nil {
+		t.Errorf("with the cookie learnt: %v, want it to answer alone", err)
+	}
+	s.nsCookie = 0
+	if err := s.inSandboxNetns(fd); err == nil {
+		t.Error("a socket whose namespace file differs passed")
+	}
+}
