@@ -194,9 +194,9 @@ func (f *Forwards) Direct(addr netip.Addr, src SocketSource) (remove func()) {
 // directly when the target's sandbox gave sockets for it, through the
 // gateway otherwise or when a socket cannot take the source address. A
 // dial through the gateway is bounded by forwardDialTimeout within ctx; a
-// direct one cannot wait (dialDirect). clientSpoke says whether the
-// client has sent bytes already (dialDirect's holdAck).
-func (f *Forwards) dialTCP(ctx context.Context, src, dst netip.AddrPort, clientSpoke bool) (net.Conn, error) {
+// direct one cannot wait (dialDirect), and holds its handshake's last ACK
+// when client has sent bytes already (dialDirect's holdAck).
+func (f *Forwards) dialTCP(ctx context.Context, src, dst netip.AddrPort, client net.Conn) (net.Conn, error) {
 	f.mu.Lock()
 	pool := f.direct[dst.Addr()]
 	f.mu.Unlock()
@@ -206,7 +206,7 @@ func (f *Forwards) dialTCP(ctx context.Context, src, dst netip.AddrPort, clientS
 			if !from.IsValid() {
 				from = netip.AddrPortFrom(f.gateway, 0)
 			}
-			c, err := dialDirect(s, from, dst, clientSpoke)
+			c, err := dialDirect(s, from, dst, hasPending(client))
 			if !errors.Is(err, errNoSource) {
 				return c, err
 			}
@@ -530,9 +530,7 @@ func (p *published) forwardTCP(c net.Conn) {
 		reset(c)
 		return
 	}
-	// Whether the client has spoken yet decides how a direct socket ends
-	// its handshake (dialDirect).
-	g, err := p.f.dialTCP(p.ctx, guestSource(client, p.m.Target, p.f.gateway, p.f.subnet), p.m.Target, hasPending(c))
+	g, err := p.f.dialTCP(p.ctx, guestSource(client, p.m.Target, p.f.gateway, p.f.subnet), p.m.Target, c)
 	p.inflight.release(client.Addr())
 	if err != nil {
 		p.f.limited.warn("nat: published port dial failed", "mapping", p.m.String(), "client", client, "err", err)
