@@ -408,21 +408,7 @@ func segmentsIn(t *testing.T, c *net.TCPConn) uint32 {
 // TestHasPending: hasPending tells a connection with unread bytes from one
 // without, and says false for what it cannot ask.
 func TestHasPending(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	c, s := tcpPair(t)
 	if hasPending(s) {
 		t.Error("hasPending before the peer wrote = true")
 	}
@@ -455,16 +441,7 @@ func TestForwardsDirectHoldsAck(t *testing.T) {
 
 	// The published listener's accept is the test's own, so the client's
 	// bytes are surely waiting when the forward starts.
-	host, _ := listenService(t)
-	client, err := net.Dial("tcp", host.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	c, err := host.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, c := tcpPair(t)
 	client.Write([]byte("hello"))
 	deadline := time.Now().Add(10 * time.Second)
 	for !hasPending(c) && time.Now().Before(deadline) {
