@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -265,8 +266,9 @@ func lockRun(wait time.Duration) (*os.File, error) {
 	}
 }
 
-// build compiles cmd/usernet into dir; USERNET_E2E_RACE=1 adds -race and
-// USERNET_E2E_TAGS=a,b adds -tags a,b.
+// build compiles cmd/usernet into dir with `make build`, and checks that
+// the result is the static binary make build promises; USERNET_E2E_RACE=1
+// (-race) and USERNET_E2E_TAGS=a,b (-tags a,b) build with go build instead.
 // USERNET_E2E_BIN=/path instead copies that binary (to test a build made
 // elsewhere); the copy is what the test user runs.
 func build(dir string) (string, error) {
@@ -289,25 +291,51 @@ func build(dir string) (string, error) {
 		return "", fmt.Errorf("module root: %w", err)
 	}
 	bin := filepath.Join(dir, "usernet")
-	args := []string{"build", "-o", bin}
-	if os.Getenv("USERNET_E2E_RACE") != "" {
-		args = append(args, "-race")
+	race, tags := os.Getenv("USERNET_E2E_RACE") != "", os.Getenv("USERNET_E2E_TAGS")
+	// Normally the binary is what the README's `make build` makes, so the
+	// tests run what users run; -race and -tags need go build's flags.
+	name, args := "make", []string{"-s", "build", "BIN=" + bin}
+	if race || tags != "" {
+		name, args = "go", []string{"build", "-o", bin}
+		if race {
+			args = append(args, "-race")
+		}
+		if tags != "" {
+			args = append(args, "-tags", tags)
+		}
+		args = append(args, "./cmd/usernet")
 	}
-	if tags := os.Getenv("USERNET_E2E_TAGS"); tags != "" {
-		args = append(args, "-tags", tags)
-	}
-	args = append(args, "./cmd/usernet")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = modRoot
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
+		return "", fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
+	}
+	if name == "make" {
+		if err := checkStatic(bin); err != nil {
+			return "", err
+		}
 	}
 	if err := os.Chmod(bin, 0o755); err != nil {
 		return "", fmt.Errorf("chmod %s: %w", bin, err)
 	}
 	return bin, nil
+}
+
+// checkStatic fails for an ELF file that asks for a dynamic loader.
+func checkStatic(bin string) error {
+	f, err := elf.Open(bin)
+	if err != nil {
+		return fmt.Errorf("read the built binary: %w", err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("make build made a dynamically linked %s; it should build with CGO_ENABLED=0 (Makefile)", bin)
+		}
+	}
+	return nil
 }
 
 func ensureUser(name string) (*user.User, error) {
