@@ -29,7 +29,7 @@ import (
 
 // peerEcho serves TCP on loopback: to each client it writes the client's
 // address as it sees it and a newline, then echoes until EOF.
-func peerEcho(t *testing.T) netip.AddrPort {
+func peerEcho(t testing.TB) netip.AddrPort {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
