@@ -30,30 +30,10 @@ import (
 // peerEcho serves TCP on loopback: to each client it writes the client's
 // address as it sees it and a newline, then echoes until EOF.
 func peerEcho(t testing.TB) netip.AddrPort {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.Write([]byte(c.RemoteAddr().String() + "\n"))
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return tcpServer(t, func(c net.Conn) {
+		c.Write([]byte(c.RemoteAddr().String() + "\n"))
+		io.Copy(c, c)
+	})
 }
 
 // plainSockets is a SocketSource of IPv4 TCP sockets with the options the

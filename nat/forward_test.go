@@ -187,25 +187,10 @@ func TestForwardsUDP(t *testing.T) {
 // greeter runs a TCP server on 127.0.0.1 that writes "hi" to each client
 // and then waits for the client to go.
 func greeter(t *testing.T) netip.AddrPort {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.Write([]byte("hi"))
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return tcpServer(t, func(c net.Conn) {
+		c.Write([]byte("hi"))
+		io.Copy(io.Discard, c)
+	})
 }
 
 func TestForwardsAddRemoveList(t *testing.T) {

@@ -80,25 +80,10 @@ func (r *fakeTCPRequest) outcome(t *testing.T) string {
 // echoServer runs a TCP server on 127.0.0.1 that answers every connection
 // with "hello " + what it read until EOF.
 func echoServer(t *testing.T) netip.AddrPort {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				c.Write(append([]byte("hello "), b...))
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return tcpServer(t, func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		c.Write(append([]byte("hello "), b...))
+	})
 }
 
 // closedPort returns a loopback port with nothing listening.

@@ -7,6 +7,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,6 +43,60 @@ func tcpPair(t testing.TB) (client, server *net.TCPConn) {
 	}
 	t.Cleanup(func() { c.Close(); r.c.Close() })
 	return c.(*net.TCPConn), r.c.(*net.TCPConn)
+}
+
+// tcpServer serves every connection to a new loopback listener with
+// handle, in a goroutine of its own, and closes it when handle returns.
+// Cleanup closes the listener and any connection still open, and waits
+// for the handlers.
+func tcpServer(t testing.TB, handle func(c net.Conn)) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		closed bool
+		live   = make(map[net.Conn]struct{})
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		closed = true
+		for c := range live {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			if closed {
+				mu.Unlock()
+				c.Close()
+				return
+			}
+			live[c] = struct{}{}
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(live, c)
+					mu.Unlock()
+					c.Close()
+				}()
+				handle(c)
+			})
+		}
+	})
+	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
 // relayed starts a relay between two loopback connections and returns the
