@@ -151,6 +151,8 @@ func TestDaemon(t *testing.T) {
 			if err := os.Mkdir(d, 0o700); err != nil {
 				t.Fatal(err)
 			}
+			// Registered before the daemon's stop, so it runs after it.
+			t.Cleanup(func() { os.RemoveAll(d) })
 			if err := os.Chown(d, int(h.user.uid), int(h.user.gid)); err != nil {
 				t.Fatal(err)
 			}
