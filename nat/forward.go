@@ -426,8 +426,6 @@ type forwardFlow struct {
 	client netip.AddrPort // as the listening socket reported it, for replies
 	conn   net.Conn
 	send   *rawOp // the replies' sendto state (hostPacketConn.WriteTo)
-	// drainMu makes drainDatagrams's calls one at a time.
-	drainMu sync.Mutex
 }
 
 // start starts the listener's goroutines.
@@ -619,11 +617,8 @@ func (p *published) udpFlow(client netip.AddrPort) *forwardFlow {
 		return nil
 	}
 	if inline {
-		// Closing the conn ends the calls (ReadNow fails).
-		send := func(b []byte) { p.sendReply(fl, b) }
-		drain := func() { drainDatagrams(&fl.drainMu, notifier, send) }
-		notifier.OnDatagram(drain)
-		drain() // any that came before
+		// Closing the conn ends the calls.
+		notifier.OnDatagram(func(b []byte) { p.sendReply(fl, b) })
 	} else {
 		go p.udpReplies(fl)
 	}

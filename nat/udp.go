@@ -37,18 +37,17 @@ import (
 const udpMaxDatagram = 65507
 
 // udpBufs lends the UDP copy loops buffers for the largest datagram. A
-// loop takes one only once a datagram is there (drainDatagrams, readPooled),
+// loop takes one only once a datagram is there (readPooled),
 // so a quiet flow holds none: with a buffer per loop, a few hundred flows
 // held more heap than the daemon's memory limit, and the collector ran
 // without pause. It holds *[]byte, so that Put does not allocate.
 var udpBufs = sync.Pool{New: func() any { b := make([]byte, udpMaxDatagram); return &b }}
 
 // datagramNotifier is implemented by the gateway's UDP sockets
-// (stack.UDPConn): OnDatagram calls fn on the gateway's receive path for
-// each datagram, and ReadNow reads one without waiting.
+// (stack.UDPConn): OnDatagram hands fn each datagram on the gateway's
+// receive path, in order, without a goroutine of the caller's.
 type datagramNotifier interface {
-	OnDatagram(fn func())
-	ReadNow(p []byte) (n int, ok bool, err error)
+	OnDatagram(fn func(p []byte))
 }
 
 // readDatagram reads c's next datagram into a buffer from udpBufs, taken
@@ -81,8 +80,6 @@ type udpFlow struct {
 	// hostRW is host, read and written with raw syscalls (hostIO) when
 	// it is a kernel socket.
 	hostRW io.ReadWriter
-	// drainMu makes drainDatagrams's calls one at a time.
-	drainMu sync.Mutex
 	// poller watches host for replies, when it does; pollID is the
 	// flow's entry in it (replyPoller's, under its lock).
 	poller *replyPoller
@@ -185,11 +182,9 @@ func (o *Outbound) handleUDP(src, dst netip.AddrPort, r udpRequest) {
 	o.mu.Unlock()
 	o.udpFlows.Add(1)
 	if inline {
-		// Closing the guest conn ends the calls (ReadNow fails).
-		send := func(p []byte) { o.sendToHost(f, p) }
-		drain := func() { drainDatagrams(&f.drainMu, notifier, send) }
-		notifier.OnDatagram(drain)
-		drain() // the first datagram, queued by Accept
+		// The first datagram, queued by Accept, comes first; closing the
+		// guest conn ends the calls.
+		notifier.OnDatagram(func(p []byte) { o.sendToHost(f, p) })
 	} else {
 		go o.udpGuestToHost(f)
 	}
@@ -277,24 +272,6 @@ func (o *Outbound) replies(f *udpFlow) (drained bool) {
 		}
 	}
 	return false
-}
-
-// drainDatagrams hands each datagram queued on g to send, in a buffer from
-// udpBufs, one call at a time (mu) so that they keep their order. It runs
-// on the gateway's receive path (datagramNotifier.OnDatagram), so send
-// must not wait.
-func drainDatagrams(mu *sync.Mutex, g datagramNotifier, send func(p []byte)) {
-	mu.Lock()
-	defer mu.Unlock()
-	buf := udpBufs.Get().(*[]byte)
-	defer udpBufs.Put(buf)
-	for {
-		n, ok, err := g.ReadNow(*buf)
-		if !ok || err != nil {
-			return // none left, or the flow is closing
-		}
-		send((*buf)[:n])
-	}
 }
 
 // sendToHost sends a datagram from the guest to the host without waiting:

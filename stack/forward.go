@@ -108,6 +108,7 @@ type UDPHandler interface {
 type UDPRequest struct {
 	Src, Dst netip.AddrPort
 
+	g   *Gateway
 	req *udp.ForwarderRequest // nil once accepted
 }
 
@@ -126,7 +127,7 @@ func (r *UDPRequest) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, convertError("accept "+r.flow(), err)
 	}
-	return newUDPConn(&wq, ep), nil
+	return newUDPConn(r.g, &wq, ep), nil
 }
 
 // forwardUDP runs on the receive path for a datagram without a socket.
@@ -138,6 +139,7 @@ func (g *Gateway) forwardUDP(fr *udp.ForwarderRequest) bool {
 	r := &UDPRequest{
 		Src: netip.AddrPortFrom(fromTCPIP(id.RemoteAddress), id.RemotePort),
 		Dst: netip.AddrPortFrom(fromTCPIP(id.LocalAddress), id.LocalPort),
+		g:   g,
 		req: fr,
 	}
 	g.cfg.UDP.HandleUDP(r)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -294,59 +295,71 @@ func TestUDPForward(t *testing.T) {
 	}
 }
 
-// TestUDPConnOnDatagram: a flow's conn calls OnDatagram's function for
-// each datagram that arrives after it (ReadNow reads them) and once more
-// on Close, where ReadNow reports net.ErrClosed without deadlocking.
+// TestUDPConnOnDatagram: a flow's conn hands OnDatagram's function the
+// datagram queued before it and each one after, in order; Close returns
+// (the function runs inside it, under netstack's lock, and must not
+// deadlock) and ends the calls, and the flow's next datagram is a new
+// request rather than lost to the closed conn.
 func TestUDPConnOnDatagram(t *testing.T) {
 	ctx := testContext(t)
-	c, gc := udpFlowConns(t, "first")
-	got := make(chan string, 4)
-	read := func() {
-		buf := make([]byte, 100)
-		for {
-			k, ok, err := c.ReadNow(buf)
-			switch {
-			case err != nil:
-				got <- "error: " + err.Error()
-				return
-			case !ok:
-				return
-			}
-			got <- string(buf[:k])
-		}
+	f := startUDPFlow(t, true, "first")
+	c, gc := f.conn, f.guest
+	got := make(chan string, 16)
+	c.OnDatagram(func(p []byte) { got <- string(p) })
+	for i := range 5 {
+		gc.Write([]byte(fmt.Sprint("next ", i)))
 	}
-	c.OnDatagram(read)
-	read() // the first, queued before
-	gc.Write([]byte("second"))
-	closed := make(chan struct{})
-	for _, want := range []string{"first", "second", "close"} {
-		if want == "close" {
-			go func() { c.Close(); close(closed) }()
-			want = "error: " + net.ErrClosed.Error()
-		}
+	for _, want := range []string{"first", "next 0", "next 1", "next 2", "next 3", "next 4"} {
 		select {
 		case s := <-got:
 			if s != want {
-				t.Fatalf("read %q, want %q", s, want)
+				t.Fatalf("got %q, want %q", s, want)
 			}
 		case <-ctx.Done():
 			t.Fatalf("no call for %q", want)
 		}
 	}
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
 	select {
 	case <-closed:
 	case <-ctx.Done():
 		t.Fatal("Close did not return")
 	}
+	gc.Write([]byte("after"))
+	select {
+	case c2 := <-f.conns:
+		defer c2.Close()
+		buf := make([]byte, 16)
+		k, ok, err := c2.ReadNow(buf)
+		if !ok || err != nil || string(buf[:k]) != "after" {
+			t.Errorf("new flow's first datagram: %q, %v, %v; want \"after\"", buf[:k], ok, err)
+		}
+	case s := <-got:
+		t.Fatalf("closed conn's function got %q", s)
+	case <-ctx.Done():
+		t.Fatal("the datagram after Close made no new flow")
+	}
 }
 
-// udpFlowConns starts a guest's UDP flow through the gateway with first as
-// its first datagram and returns the gateway's conn for the flow (from
-// UDPRequest.Accept) and the guest's; both close when the test ends.
-func udpFlowConns(t *testing.T, first string) (*UDPConn, *gonet.UDPConn) {
+// udpFlow is a guest's UDP flow through the gateway (startUDPFlow).
+type udpFlow struct {
+	net   *testNet
+	conn  *UDPConn       // the gateway's, from UDPRequest.Accept
+	guest *gonet.UDPConn // the guest's, to udpFlowDst
+	conns chan *UDPConn  // later flows' conns
+}
+
+// udpFlowDst is where startUDPFlow's guest sends.
+var udpFlowDst = netip.MustParseAddrPort("192.0.2.53:9000")
+
+// startUDPFlow starts a guest's UDP flow through the gateway with first as
+// its first datagram; offloads picks the guest's kind (addGuest). The
+// conns close when the test ends.
+func startUDPFlow(t *testing.T, offloads bool, first string) *udpFlow {
 	t.Helper()
 	ctx := testContext(t)
-	conns := make(chan *UDPConn, 1)
+	conns := make(chan *UDPConn, 4)
 	h := udpHandlerFunc(func(r *UDPRequest) {
 		c, err := r.Accept()
 		if err != nil {
@@ -356,8 +369,8 @@ func udpFlowConns(t *testing.T, first string) (*UDPConn, *gonet.UDPConn) {
 		conns <- c.(*UDPConn)
 	})
 	n := newTestNet(t, Config{UDP: h})
-	g := n.addGuest(t, guestAddr, guestMAC, true)
-	raddr := g.fullAddr(netip.MustParseAddrPort("192.0.2.53:9000"))
+	g := n.addGuest(t, guestAddr, guestMAC, offloads)
+	raddr := g.fullAddr(udpFlowDst)
 	gc, err := gonet.DialUDP(g.s, nil, &raddr, ipv4.ProtocolNumber)
 	if err != nil {
 		t.Fatalf("guest dial: %v", err)
@@ -367,11 +380,17 @@ func udpFlowConns(t *testing.T, first string) (*UDPConn, *gonet.UDPConn) {
 	select {
 	case c := <-conns:
 		t.Cleanup(func() { c.Close() })
-		return c, gc
+		return &udpFlow{net: n, conn: c, guest: gc, conns: conns}
 	case <-ctx.Done():
 		t.Fatal("no flow")
-		return nil, nil
+		return nil
 	}
+}
+
+// udpFlowConns is startUDPFlow's two conns, for a guest with offloads.
+func udpFlowConns(t *testing.T, first string) (*UDPConn, *gonet.UDPConn) {
+	f := startUDPFlow(t, true, first)
+	return f.conn, f.guest
 }
 
 // TestUDPConnWriteNow: WriteNow sends a reply to the guest's flow without

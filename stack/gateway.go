@@ -107,6 +107,7 @@ type Gateway struct {
 	dhcp      *dhcpServer // nil without DHCP
 	tap       *os.File    // the TAP of a NewFdbased gateway, closed by Close
 	stats     counters
+	udp       udpShortcuts // udpshortcut.go
 	closed    atomic.Bool
 }
 
@@ -121,6 +122,8 @@ type counters struct {
 	echoDropped     atomic.Uint64
 	dhcpReplies     atomic.Uint64
 	dhcpDropped     atomic.Uint64
+	udpShortcutIn   atomic.Uint64
+	udpShortcutOut  atomic.Uint64
 }
 
 // Stats are a gateway's counters since New.
@@ -134,6 +137,8 @@ type Stats struct {
 	EchoDropped     uint64 // echo requests and ICMP to foreign addresses dropped (no handler, fragment, broadcast)
 	DHCPReplies     uint64 // DHCP OFFER/ACK/NAK sent
 	DHCPDropped     uint64 // DHCP requests ignored (malformed, no free address, not for us)
+	UDPShortcutIn   uint64 // UDP datagrams from the switch that skipped netstack (udpshortcut.go)
+	UDPShortcutOut  uint64 // ... and to the switch
 }
 
 // New creates a gateway stack for one network. It is not connected to
@@ -323,6 +328,8 @@ func (g *Gateway) Stats() Stats {
 		EchoDropped:     c.echoDropped.Load(),
 		DHCPReplies:     c.dhcpReplies.Load(),
 		DHCPDropped:     c.dhcpDropped.Load(),
+		UDPShortcutIn:   c.udpShortcutIn.Load(),
+		UDPShortcutOut:  c.udpShortcutOut.Load(),
 	}
 }
 
@@ -396,7 +403,7 @@ func (g *Gateway) DialUDP(src, dst netip.AddrPort) (net.Conn, error) {
 	if terr != nil {
 		return nil, fmt.Errorf("gateway %s: dial udp %v->%v: %s: %s", g.cfg.Name, src, dst, op, terr)
 	}
-	return newUDPConn(&wq, ep), nil
+	return newUDPConn(g, &wq, ep), nil
 }
 
 func (g *Gateway) fullAddrs(src, dst netip.AddrPort) (laddr, raddr tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) {

@@ -9,8 +9,10 @@ package stack
 //  2. receive looks at each frame: unicast frames for other MACs (flooded
 //     by the switch before it learned the destination) are dropped;
 //     ICMPv4 echo requests to addresses the gateway does not own go to
-//     the EchoHandler (echo.go) and DHCP requests to the DHCP server
-//     (dhcpserver.go) instead of netstack; everything else is delivered.
+//     the EchoHandler (echo.go), DHCP requests to the DHCP server
+//     (dhcpserver.go) and datagrams of UDP flows that skip netstack to
+//     their conns (udpshortcut.go) instead of netstack; everything else
+//     is delivered.
 //  3. deliver copies the frame into a PacketBuffer (one packet even for a
 //     64 KiB TSO super-frame; the partial checksum a TAP hands us is
 //     trusted, CapabilityRXChecksumOffload) and calls the NIC's
@@ -99,6 +101,9 @@ func (g *Gateway) receive(f *vswitch.Frame) {
 			case header.UDPProtocolNumber:
 				if g.isDHCPRequest(ip) {
 					g.handleDHCP(ip, g.now())
+					return
+				}
+				if g.receiveUDP(f, ip) {
 					return
 				}
 			}

@@ -1,0 +1,139 @@
+package stack
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+)
+
+// readFrom reads one datagram on a guest's conn, failing the test after a
+// few seconds: a frame with a bad checksum is dropped by a guest without
+// offloads, and that must fail here rather than hang.
+func readFrom(t *testing.T, c *gonet.UDPConn) (string, string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1<<16)
+	n, from, err := c.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("guest read: %v", err)
+	}
+	return string(buf[:n]), from.String()
+}
+
+// expectDatagrams checks that got yields want, in order.
+func expectDatagrams(t *testing.T, got <-chan string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		select {
+		case s := <-got:
+			if s != w {
+				t.Fatalf("got %.20q (%d bytes), want %.20q (%d bytes)", s, len(s), w, len(w))
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no datagram, want %.20q", w)
+		}
+	}
+}
+
+// TestUDPShortcut: once a flow's conn is read with OnDatagram, the guest's
+// datagrams after the first and the replies skip netstack, with headers a
+// guest that checks every checksum takes; what does not fit one frame
+// (fragments either way) still goes through netstack, in order with the
+// rest.
+func TestUDPShortcut(t *testing.T) {
+	for _, offloads := range []bool{false, true} {
+		name := map[bool]string{false: "plain guest", true: "guest with offloads"}[offloads]
+		t.Run(name, func(t *testing.T) {
+			f := startUDPFlow(t, offloads, "first")
+			got := make(chan string, 16)
+			f.conn.OnDatagram(func(p []byte) { got <- string(p) })
+			expectDatagrams(t, got, "first")
+
+			f.guest.Write([]byte("second"))
+			expectDatagrams(t, got, "second")
+			if s := f.net.gw.Stats(); s.UDPShortcutIn != 1 {
+				t.Errorf("UDPShortcutIn = %d after the second datagram, want 1", s.UDPShortcutIn)
+			}
+			if _, err := f.conn.WriteNow([]byte("reply")); err != nil {
+				t.Fatalf("WriteNow: %v", err)
+			}
+			if p, from := readFrom(t, f.guest); p != "reply" || from != udpFlowDst.String() {
+				t.Errorf("guest got %q from %s, want \"reply\" from %s", p, from, udpFlowDst)
+			}
+			if _, err := f.conn.Write([]byte("write")); err != nil {
+				t.Fatalf("Write: %v", err)
+			}
+			if p, _ := readFrom(t, f.guest); p != "write" {
+				t.Errorf("guest got %q, want \"write\"", p)
+			}
+			if s := f.net.gw.Stats(); s.UDPShortcutOut != 2 {
+				t.Errorf("UDPShortcutOut = %d after two replies, want 2", s.UDPShortcutOut)
+			}
+
+			big := string(bytes.Repeat([]byte("x"), 3*f.net.gw.MTU()))
+			f.guest.Write([]byte("a"))
+			f.guest.Write([]byte(big))
+			f.guest.Write([]byte("b"))
+			expectDatagrams(t, got, "a", big, "b")
+			if _, err := f.conn.WriteNow([]byte(big)); err != nil {
+				t.Fatalf("WriteNow of %d bytes: %v", len(big), err)
+			}
+			if p, _ := readFrom(t, f.guest); p != big {
+				t.Errorf("guest got %d bytes, want the %d sent", len(p), len(big))
+			}
+			if s := f.net.gw.Stats(); s.UDPShortcutIn != 3 || s.UDPShortcutOut != 2 {
+				t.Errorf("shortcut in/out = %d/%d, want 3/2: fragments go through netstack", s.UDPShortcutIn, s.UDPShortcutOut)
+			}
+		})
+	}
+}
+
+// TestUDPShortcutDialed: a conn dialed into the network (a published UDP
+// port's) sends through netstack until the guest's first answer shows its
+// MAC, and past netstack after, from the same foreign source address.
+func TestUDPShortcutDialed(t *testing.T) {
+	n := newTestNet(t, Config{})
+	g := n.addGuest(t, guestAddr, guestMAC, false)
+	laddr := g.fullAddr(netip.AddrPortFrom(guestAddr, 5353))
+	pc, err := gonet.DialUDP(g.s, &laddr, nil, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("guest listen: %v", err)
+	}
+	defer pc.Close()
+	client := netip.MustParseAddrPort("198.51.100.9:7777")
+	nc, err := n.gw.DialUDP(client, netip.AddrPortFrom(guestAddr, 5353))
+	if err != nil {
+		t.Fatalf("DialUDP: %v", err)
+	}
+	c := nc.(*UDPConn)
+	defer c.Close()
+	got := make(chan string, 4)
+	c.OnDatagram(func(p []byte) { got <- string(p) })
+
+	for i, msg := range []string{"hi", "again"} {
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 16)
+		k, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("guest read: %v", err)
+		}
+		if string(buf[:k]) != msg || from.String() != client.String() {
+			t.Fatalf("guest got %q from %s, want %q from %s", buf[:k], from, msg, client)
+		}
+		if out := n.gw.Stats().UDPShortcutOut; out != uint64(i) {
+			t.Errorf("after datagram %d UDPShortcutOut = %d, want %d", i+1, out, i)
+		}
+		pc.WriteTo([]byte("re:"+msg), from)
+		expectDatagrams(t, got, "re:"+msg)
+	}
+	if in := n.gw.Stats().UDPShortcutIn; in != 2 {
+		t.Errorf("UDPShortcutIn = %d, want 2", in)
+	}
+}
