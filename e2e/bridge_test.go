@@ -195,6 +195,26 @@ func TestBridge(t *testing.T) {
 		if !strings.HasPrefix(out, `"`+inetHostIP+":") {
 			t.Errorf("UDP (DNS) server outside saw the sandbox as %q, want \"%s:PORT\" (the host's address)", strings.TrimSpace(out), inetHostIP)
 		}
+		// Eight queries on one socket are one flow: after the first, its
+		// datagrams skip netstack (stack/udpshortcut.go), and every answer
+		// must still come, from one host port.
+		script := fmt.Sprintf(`import re, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.connect((%q, 53))
+name = b"".join(bytes([len(l)]) + l.encode() for l in %q.strip(".").split("."))
+for i in range(1, 9):
+    s.send(struct.pack(">6H", i, 0x0100, 1, 0, 0, 0) + name + b"\0" + struct.pack(">HH", 16, 1))
+    r = s.recv(4096)
+    if struct.unpack(">H", r[:2])[0] != i:
+        raise SystemExit("answer %%d has the wrong ID" %% i)
+    print(re.search(rb"[0-9.]+:[0-9]+", r).group().decode())
+`, inetPeerIP, whoamiName)
+		out = h.ok(t, "exec", "aa", "/usr/bin/python3", "-c", script)
+		lines := strings.Fields(out)
+		if len(lines) != 8 || !strings.HasPrefix(lines[0], inetHostIP+":") || len(slices.Compact(lines)) != 1 {
+			t.Errorf("eight queries on one socket: the server saw %q, want one %s:PORT eight times", lines, inetHostIP)
+		}
 	})
 
 	t.Run("bypass hands connections host sockets", func(t *testing.T) {
@@ -380,7 +400,7 @@ func TestBridge(t *testing.T) {
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 5353))
 while True:
-    data, peer = s.recvfrom(2048)
+    data, peer = s.recvfrom(65535)
     s.sendto(b"%s:%d %s" % (peer[0].encode(), peer[1], data), peer)
 `
 		h.runDetached(t, "--name", "udp", "-p", fmt.Sprintf("%d:5353/udp", port), "/usr/bin/python3", "-c", server)
@@ -407,6 +427,24 @@ while True:
 			}
 			return nil
 		})
+		// The flow's later datagrams skip netstack in both directions
+		// (stack/udpshortcut.go) unless they need fragments, which it
+		// leaves to netstack: every size must come back whole.
+		big := make([]byte, 65535)
+		for _, size := range []int{1, 100, 1400, 1472, 3000, 9000, 1, 64} {
+			msg := strings.Repeat("u", size)
+			if _, err := conn.Write([]byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := conn.Read(big)
+			if err != nil {
+				t.Fatalf("reply to a %d-byte datagram: %v", size, err)
+			}
+			if got := string(big[:n]); !strings.HasPrefix(got, bridgeGateway+":") || !strings.HasSuffix(got, " "+msg) {
+				t.Fatalf("reply to a %d-byte datagram: %d bytes %.40q, want \"%s:PORT \" and the datagram", size, n, got, bridgeGateway)
+			}
+		}
 	})
 
 	t.Run("bulk transfers keep every byte", func(t *testing.T) {
