@@ -164,6 +164,7 @@ func (g *Gateway) sendUDP(s *shortcut, p []byte) bool {
 	ip.Encode(&header.IPv4Fields{
 		TotalLength: uint16(ipLen),
 		ID:          uint16(ipID.Add(1)),
+		Flags:       header.IPv4FlagDontFragment, // as netstack's PMTU discovery default sets it
 		TTL:         udpTTL,
 		Protocol:    uint8(header.UDPProtocolNumber),
 		SrcAddr:     toTCPIP(src),

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 )
 
@@ -135,5 +137,69 @@ func TestUDPShortcutDialed(t *testing.T) {
 	}
 	if in := n.gw.Stats().UDPShortcutIn; in != 2 {
 		t.Errorf("UDPShortcutIn = %d, want 2", in)
+	}
+}
+
+// TestUDPShortcutHeaders: a datagram that skips netstack leaves with the
+// headers netstack gave the one before it (all but the IP ID and the
+// checksums that cover it), and checksums that verify.
+func TestUDPShortcutHeaders(t *testing.T) {
+	ctx := testContext(t)
+	n := newTestNet(t, Config{})
+	rg := n.addRaw(t, guestMAC, guestAddr)
+	client := netip.MustParseAddrPort("198.51.100.9:7777")
+	service := netip.AddrPortFrom(guestAddr, 5353)
+	nc, err := n.gw.DialUDP(client, service)
+	if err != nil {
+		t.Fatalf("DialUDP: %v", err)
+	}
+	c := nc.(*UDPConn)
+	defer c.Close()
+	got := make(chan string, 1)
+	c.OnDatagram(func(p []byte) { got <- string(p) })
+
+	isUDP := func(d []byte) bool {
+		return len(d) > header.EthernetMinimumSize && header.Ethernet(d).Type() == header.IPv4ProtocolNumber &&
+			header.IPv4(d[header.EthernetMinimumSize:]).TransportProtocol() == header.UDPProtocolNumber
+	}
+	c.Write([]byte("one"))
+	viaNetstack := rg.expect(ctx, "the first datagram", isUDP)
+
+	reply := make([]byte, header.UDPMinimumSize+len("re:one"))
+	u := header.UDP(reply)
+	u.Encode(&header.UDPFields{SrcPort: service.Port(), DstPort: client.Port(), Length: uint16(len(reply))})
+	copy(reply[header.UDPMinimumSize:], "re:one")
+	rg.send(ipv4Frame(n.gw.MAC(), guestMAC, guestAddr, client.Addr(), header.UDPProtocolNumber, reply))
+	expectDatagrams(t, got, "re:one")
+
+	c.Write([]byte("two"))
+	shortcut := rg.expect(ctx, "the second datagram", isUDP)
+	if out := n.gw.Stats().UDPShortcutOut; out != 1 {
+		t.Fatalf("UDPShortcutOut = %d, want 1: the second datagram should skip netstack", out)
+	}
+
+	for _, d := range [][]byte{viaNetstack, shortcut} {
+		ip := header.IPv4(d[header.EthernetMinimumSize:])
+		if !ip.IsChecksumValid() {
+			t.Errorf("IPv4 header checksum of %x does not verify", d)
+		}
+		u := header.UDP(ip.Payload())
+		if !u.IsChecksumValid(ip.SourceAddress(), ip.DestinationAddress(), checksum.Checksum(u.Payload(), 0)) {
+			t.Errorf("UDP checksum of %x does not verify", d)
+		}
+	}
+	// Blank what may differ: the IP ID and the checksums, and the payload.
+	blank := func(d []byte) []byte {
+		d = bytes.Clone(d)
+		ip := header.IPv4(d[header.EthernetMinimumSize:])
+		ip.SetID(0)
+		ip.SetChecksum(0)
+		u := header.UDP(ip.Payload())
+		u.SetChecksum(0)
+		clear(u.Payload())
+		return d
+	}
+	if a, b := blank(viaNetstack), blank(shortcut); !bytes.Equal(a, b) {
+		t.Errorf("headers differ:\nnetstack %x\nshortcut %x", a, b)
 	}
 }
