@@ -3,6 +3,7 @@ package stack
 import (
 	"bytes"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +12,13 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 )
+
+// len is the number of registered conns.
+func (s *udpShortcuts) len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.conns)
+}
 
 // readFrom reads one datagram on a guest's conn, failing the test after a
 // few seconds: a frame with a bad checksum is dropped by a guest without
@@ -201,5 +209,43 @@ func TestUDPShortcutHeaders(t *testing.T) {
 	}
 	if a, b := blank(viaNetstack), blank(shortcut); !bytes.Equal(a, b) {
 		t.Errorf("headers differ:\nnetstack %x\nshortcut %x", a, b)
+	}
+}
+
+// TestUDPShortcutClose: closing a conn while its flow is busy, or before
+// OnDatagram, leaves no entry behind, so the flow's next datagram is a
+// new request instead of going to a closed conn.
+func TestUDPShortcutClose(t *testing.T) {
+	f := startUDPFlow(t, true, "first")
+	var calls atomic.Int64
+	f.conn.OnDatagram(func([]byte) { calls.Add(1) })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 500 {
+			f.guest.Write([]byte("busy"))
+		}
+	}()
+	for calls.Load() < 10 {
+		time.Sleep(time.Millisecond)
+	}
+	f.conn.Close()
+	<-done
+	if n := f.net.gw.udp.len(); n != 0 {
+		t.Errorf("%d shortcut entries after Close, want 0", n)
+	}
+
+	// A conn closed before OnDatagram never registers.
+	f.guest.Write([]byte("again"))
+	var c *UDPConn
+	select {
+	case c = <-f.conns:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the datagram after Close made no new flow")
+	}
+	c.Close()
+	c.OnDatagram(func([]byte) { t.Error("a closed conn's function ran") })
+	if n := f.net.gw.udp.len(); n != 0 {
+		t.Errorf("%d shortcut entries after OnDatagram on a closed conn, want 0", n)
 	}
 }
