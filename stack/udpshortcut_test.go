@@ -102,27 +102,42 @@ func TestUDPShortcut(t *testing.T) {
 	}
 }
 
+// Where dialForeign's conn dials from and to: a published port's client
+// and a service on the guest.
+var (
+	foreignClient  = netip.MustParseAddrPort("198.51.100.9:7777")
+	foreignService = netip.AddrPortFrom(guestAddr, 5353)
+)
+
+// dialForeign dials the gateway's UDP conn from foreignClient to
+// foreignService, as a published port does, and reads it with OnDatagram
+// into the channel returned. The conn closes when the test ends.
+func dialForeign(t *testing.T, n *testNet) (*UDPConn, <-chan string) {
+	t.Helper()
+	nc, err := n.gw.DialUDP(foreignClient, foreignService)
+	if err != nil {
+		t.Fatalf("DialUDP: %v", err)
+	}
+	c := nc.(*UDPConn)
+	t.Cleanup(func() { c.Close() })
+	got := make(chan string, 4)
+	c.OnDatagram(func(p []byte) { got <- string(p) })
+	return c, got
+}
+
 // TestUDPShortcutDialed: a conn dialed into the network (a published UDP
 // port's) sends through netstack until the guest's first answer shows its
 // MAC, and past netstack after, from the same foreign source address.
 func TestUDPShortcutDialed(t *testing.T) {
 	n := newTestNet(t, Config{})
 	g := n.addGuest(t, guestAddr, guestMAC, false)
-	laddr := g.fullAddr(netip.AddrPortFrom(guestAddr, 5353))
+	laddr := g.fullAddr(foreignService)
 	pc, err := gonet.DialUDP(g.s, &laddr, nil, ipv4.ProtocolNumber)
 	if err != nil {
 		t.Fatalf("guest listen: %v", err)
 	}
 	defer pc.Close()
-	client := netip.MustParseAddrPort("198.51.100.9:7777")
-	nc, err := n.gw.DialUDP(client, netip.AddrPortFrom(guestAddr, 5353))
-	if err != nil {
-		t.Fatalf("DialUDP: %v", err)
-	}
-	c := nc.(*UDPConn)
-	defer c.Close()
-	got := make(chan string, 4)
-	c.OnDatagram(func(p []byte) { got <- string(p) })
+	c, got := dialForeign(t, n)
 
 	for i, msg := range []string{"hi", "again"} {
 		if _, err := c.Write([]byte(msg)); err != nil {
@@ -134,8 +149,8 @@ func TestUDPShortcutDialed(t *testing.T) {
 		if err != nil {
 			t.Fatalf("guest read: %v", err)
 		}
-		if string(buf[:k]) != msg || from.String() != client.String() {
-			t.Fatalf("guest got %q from %s, want %q from %s", buf[:k], from, msg, client)
+		if string(buf[:k]) != msg || from.String() != foreignClient.String() {
+			t.Fatalf("guest got %q from %s, want %q from %s", buf[:k], from, msg, foreignClient)
 		}
 		if out := n.gw.Stats().UDPShortcutOut; out != uint64(i) {
 			t.Errorf("after datagram %d UDPShortcutOut = %d, want %d", i+1, out, i)
@@ -155,16 +170,7 @@ func TestUDPShortcutHeaders(t *testing.T) {
 	ctx := testContext(t)
 	n := newTestNet(t, Config{})
 	rg := n.addRaw(t, guestMAC, guestAddr)
-	client := netip.MustParseAddrPort("198.51.100.9:7777")
-	service := netip.AddrPortFrom(guestAddr, 5353)
-	nc, err := n.gw.DialUDP(client, service)
-	if err != nil {
-		t.Fatalf("DialUDP: %v", err)
-	}
-	c := nc.(*UDPConn)
-	defer c.Close()
-	got := make(chan string, 1)
-	c.OnDatagram(func(p []byte) { got <- string(p) })
+	c, got := dialForeign(t, n)
 
 	isUDP := func(d []byte) bool {
 		return len(d) > header.EthernetMinimumSize && header.Ethernet(d).Type() == header.IPv4ProtocolNumber &&
@@ -175,9 +181,9 @@ func TestUDPShortcutHeaders(t *testing.T) {
 
 	reply := make([]byte, header.UDPMinimumSize+len("re:one"))
 	u := header.UDP(reply)
-	u.Encode(&header.UDPFields{SrcPort: service.Port(), DstPort: client.Port(), Length: uint16(len(reply))})
+	u.Encode(&header.UDPFields{SrcPort: foreignService.Port(), DstPort: foreignClient.Port(), Length: uint16(len(reply))})
 	copy(reply[header.UDPMinimumSize:], "re:one")
-	rg.send(ipv4Frame(n.gw.MAC(), guestMAC, guestAddr, client.Addr(), header.UDPProtocolNumber, reply))
+	rg.send(ipv4Frame(n.gw.MAC(), guestMAC, guestAddr, foreignClient.Addr(), header.UDPProtocolNumber, reply))
 	expectDatagrams(t, got, "re:one")
 
 	c.Write([]byte("two"))
