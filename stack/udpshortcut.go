@@ -25,6 +25,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
@@ -84,8 +85,8 @@ func (s *udpShortcuts) remove(k udpKey, c *UDPConn) {
 // what they carry. Its fields are set before the conn is registered.
 type shortcut struct {
 	key    udpKey
-	local  [4]byte // the conn's address: the source of what it sends
-	remote [4]byte
+	local  tcpip.Address // the conn's address: the source of what it sends
+	remote tcpip.Address
 	lport  uint16
 	rport  uint16
 	// peer is the MAC the peer's last frame came from, with bit 63 set
@@ -115,10 +116,10 @@ func (s *shortcut) notePeer(m vswitch.MAC) {
 // must both be IPv4.
 func shortcutFor(local, remote netip.AddrPort) *shortcut {
 	s := &shortcut{
-		local: local.Addr().As4(), remote: remote.Addr().As4(),
+		local: toTCPIP(local.Addr()), remote: toTCPIP(remote.Addr()),
 		lport: local.Port(), rport: remote.Port(),
 	}
-	s.key = udpKey{src: s.remote, dst: s.local, sport: s.rport, dport: s.lport}
+	s.key = udpKey{src: remote.Addr().As4(), dst: local.Addr().As4(), sport: s.rport, dport: s.lport}
 	return s
 }
 
@@ -160,15 +161,14 @@ func (g *Gateway) sendUDP(s *shortcut, p []byte) bool {
 	f := vswitch.NewFrame(header.EthernetMinimumSize + ipLen)
 	ethernetFrame(f.Data, unpackMAC(peer), g.mac)
 	ip := header.IPv4(f.Data[header.EthernetMinimumSize:])
-	src, dst := netip.AddrFrom4(s.local), netip.AddrFrom4(s.remote)
 	ip.Encode(&header.IPv4Fields{
 		TotalLength: uint16(ipLen),
 		ID:          uint16(ipID.Add(1)),
 		Flags:       header.IPv4FlagDontFragment, // as netstack's PMTU discovery default sets it
 		TTL:         udpTTL,
 		Protocol:    uint8(header.UDPProtocolNumber),
-		SrcAddr:     toTCPIP(src),
-		DstAddr:     toTCPIP(dst),
+		SrcAddr:     s.local,
+		DstAddr:     s.remote,
 	})
 	ip.SetChecksum(^ip.CalculateChecksum())
 	u := header.UDP(ip[header.IPv4MinimumSize:])
@@ -178,7 +178,7 @@ func (g *Gateway) sendUDP(s *shortcut, p []byte) bool {
 		Length:  uint16(header.UDPMinimumSize + len(p)),
 	})
 	copy(u[header.UDPMinimumSize:], p)
-	sum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, toTCPIP(src), toTCPIP(dst), u.Length())
+	sum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, s.local, s.remote, u.Length())
 	// A computed 0 is sent as all ones: 0 means "no checksum" (RFC 768).
 	if sum = checksum.Checksum(u, sum); sum != 0xffff {
 		sum = ^sum
