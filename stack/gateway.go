@@ -4,7 +4,9 @@
 // and ICMP for the gateway address, serves DHCP (dhcpserver.go), hands
 // guests' outbound TCP and UDP flows and pings to handlers that NAT them
 // to host sockets (forward.go, echo.go), and dials into the network for
-// published ports.
+// published ports. A UDP flow's datagrams after its first skip netstack:
+// the gateway carries them between the switch and the flow's socket
+// itself (udpshortcut.go).
 //
 // gVisor's types (tcpip.Address, tcpip.Error) never leave this package;
 // its API speaks net/netip and net.Conn.
