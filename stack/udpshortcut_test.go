@@ -232,8 +232,10 @@ func TestUDPShortcutClose(t *testing.T) {
 			f.guest.Write([]byte("busy"))
 		}
 	}()
-	for calls.Load() < 10 {
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(5 * time.Second); calls.Load() < 10; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d datagrams reached the conn in 5s, want 10 before closing it", calls.Load())
+		}
 	}
 	f.conn.Close()
 	<-done
