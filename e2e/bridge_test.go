@@ -395,15 +395,7 @@ for i in range(1, 9):
 	t.Run("publish UDP port", func(t *testing.T) {
 		h.fresh(t)
 		port := freePort(t)
-		// A UDP server inside answering each datagram with the peer address it saw.
-		server := `import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 5353))
-while True:
-    data, peer = s.recvfrom(65535)
-    s.sendto(b"%s:%d %s" % (peer[0].encode(), peer[1], data), peer)
-`
-		h.runDetached(t, "--name", "udp", "-p", fmt.Sprintf("%d:5353/udp", port), "/usr/bin/python3", "-c", server)
+		h.runDetached(t, "--name", "udp", "-p", fmt.Sprintf("%d:5353/udp", port), "/usr/bin/python3", "-c", udpPeerEcho)
 		if got, want := h.ok(t, "port", "udp"), fmt.Sprintf("5353/udp -> 0.0.0.0:%d\n", port); got != want {
 			t.Errorf("usernet port udp: got %q, want %q", got, want)
 		}
@@ -443,6 +435,47 @@ while True:
 			}
 			if got := string(big[:n]); !strings.HasPrefix(got, bridgeGateway+":") || !strings.HasSuffix(got, " "+msg) {
 				t.Fatalf("reply to a %d-byte datagram: %d bytes %.40q, want \"%s:PORT \" and the datagram", size, n, got, bridgeGateway)
+			}
+		}
+	})
+
+	t.Run("published UDP port keeps a remote client's address", func(t *testing.T) {
+		h.fresh(t)
+		port := freePort(t)
+		h.runDetached(t, "--name", "udpr", "-p", fmt.Sprintf("%d:5353/udp", port), "/usr/bin/python3", "-c", udpPeerEcho)
+		// A client in the "internet" namespace sends to the host's address
+		// on that side. Its first datagram goes through netstack, the rest
+		// past it (stack/udpshortcut.go); the sandbox must see the client's
+		// address on every one.
+		addr := net.JoinHostPort(inetHostIP, strconv.Itoa(port))
+		var conn net.Conn
+		if err := inNetns(inetNS, func() error {
+			var err error
+			conn, err = net.Dial("udp4", addr)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		buf := make([]byte, 2048)
+		exchange := func(msg string) error {
+			if _, err := conn.Write([]byte(msg)); err != nil {
+				return err
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			n, err := conn.Read(buf)
+			if err != nil {
+				return err
+			}
+			if got := string(buf[:n]); !strings.HasPrefix(got, inetPeerIP+":") || !strings.HasSuffix(got, " "+msg) {
+				return fmt.Errorf("reply %q, want \"%s:PORT %s\" (the client's own address)", got, inetPeerIP, msg)
+			}
+			return nil
+		}
+		eventually(t, 20*time.Second, "UDP echo through "+addr+" from "+inetNS, func() error { return exchange("first") })
+		for i := range 5 {
+			if err := exchange(fmt.Sprint("datagram ", i)); err != nil {
+				t.Fatalf("after the first: %v", err)
 			}
 		}
 	})
@@ -783,3 +816,14 @@ func sorted(s []string) []string {
 	slices.Sort(out)
 	return out
 }
+
+// udpPeerEcho is a UDP server for inside a sandbox: it answers each
+// datagram on port 5353 with "ADDR:PORT " (the peer it saw) and the
+// datagram.
+const udpPeerEcho = `import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5353))
+while True:
+    data, peer = s.recvfrom(65535)
+    s.sendto(b"%s:%d %s" % (peer[0].encode(), peer[1], data), peer)
+`
