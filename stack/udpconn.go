@@ -90,7 +90,7 @@ func (c *UDPConn) deliver(p []byte) {
 // startShortcut lets c's IPv4 datagrams skip netstack from now on; an
 // IPv6 conn, or one of a gateway without a switch port, stays on it.
 func (c *UDPConn) startShortcut() {
-	if c.g == nil || c.g.ep == nil {
+	if c.g.ep == nil {
 		return
 	}
 	la, lerr := c.ep.GetLocalAddress()
