@@ -31,12 +31,13 @@ type netBridge struct {
 func newNetBridge(s bridgeSpec) (bridge, error) {
 	sw := vswitch.New(vswitch.Config{Clock: s.Clock, Logger: s.Logger, DisableICC: s.DisableICC})
 	cfg := stack.Config{
-		Name:   s.Name,
-		MTU:    s.MTU,
-		Addr:   s.Gateway,
-		MAC:    vswitch.MAC(s.MAC),
-		Logger: s.Logger,
-		Clock:  s.Clock,
+		Name:         s.Name,
+		MTU:          s.MTU,
+		Addr:         s.Gateway,
+		MAC:          vswitch.MAC(s.MAC),
+		Logger:       s.Logger,
+		Clock:        s.Clock,
+		TranslateTCP: !s.TCPNetstack,
 	}
 	var out *nat.Outbound
 	if !s.Internal {

@@ -103,6 +103,9 @@ type bridgeSpec struct {
 	MAC          [6]byte      // the gateway's MAC
 	MTU          int
 	HostLoopback bool
+	// TCPNetstack carries outbound TCP through gVisor's netstack and a
+	// relay instead of the gateway's translator (stack.Config.TranslateTCP).
+	TCPNetstack bool
 	// Internal: no NAT (the gateway refuses TCP, drops UDP and pings to
 	// anything but itself) and no published ports.
 	Internal bool

@@ -48,6 +48,12 @@ type Config struct {
 	// slirp4netns's --disable-host-loopback=false does.
 	DisableHostLoopback bool
 
+	// TCPNetstack carries sandboxes' outbound TCP connections through
+	// gVisor's netstack and a relay, as before the gateway translated
+	// them itself (stack.Config.TranslateTCP): slower, kept to compare
+	// and to fall back on.
+	TCPNetstack bool
+
 	// Clock returns the current time; nil means time.Now. Tests pass a fake
 	// clock so that Status strings ("Up 3 seconds") are deterministic.
 	Clock func() time.Time

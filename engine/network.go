@@ -335,6 +335,7 @@ func (e *Engine) bringUp(r networkRecord) (*network, error) {
 		MAC:          macFor(r.Gateway),
 		MTU:          r.MTU,
 		HostLoopback: !e.cfg.DisableHostLoopback,
+		TCPNetstack:  e.cfg.TCPNetstack,
 		Internal:     r.Internal,
 		DisableICC:   r.DisableICC,
 		Logger:       e.log.With("network", r.Name),
@@ -344,7 +345,8 @@ func (e *Engine) bringUp(r networkRecord) (*network, error) {
 		return nil, err
 	}
 	e.log.Info("network up", "network", r.Name, "subnet", r.Subnet, "gateway", r.Gateway, "mtu", r.MTU,
-		"internal", r.Internal, "icc", !r.DisableICC, "icmp_echo", n.br.EchoMode(), "host_loopback", !e.cfg.DisableHostLoopback)
+		"internal", r.Internal, "icc", !r.DisableICC, "icmp_echo", n.br.EchoMode(), "host_loopback", !e.cfg.DisableHostLoopback,
+		"tcp", map[bool]string{false: "translated", true: "netstack"}[e.cfg.TCPNetstack])
 	return n, nil
 }
 

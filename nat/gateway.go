@@ -1,6 +1,9 @@
 package nat
 
 import (
+	"io"
+	"net"
+
 	"github.com/usernet/usernet/stack"
 )
 
@@ -46,6 +49,13 @@ func (a *tcpRequestAdapter) Accept() (guestConn, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+func (a *tcpRequestAdapter) Translated() bool { return a.r.Translated() }
+
+func (a *tcpRequestAdapter) Translate(host *net.TCPConn, onDone func()) (io.Closer, error) {
+	defer a.answered()
+	return a.r.Translate(host, onDone)
 }
 
 func (a *tcpRequestAdapter) Reject() {

@@ -311,6 +311,11 @@ type guestConn interface {
 type tcpRequest interface {
 	Accept() (guestConn, error)
 	Reject()
+	// Translated reports whether the gateway carries the connection
+	// itself (stack.Config.TranslateTCP): Translate answers it instead of
+	// Accept.
+	Translated() bool
+	Translate(host *net.TCPConn, onDone func()) (io.Closer, error)
 }
 
 // handleTCP is the outbound TCP path described at the top of this file.
@@ -335,6 +340,10 @@ func (o *Outbound) handleTCP(src, dst netip.AddrPort, r tcpRequest) {
 		r.Reject()
 		return
 	}
+	if r.Translated() {
+		o.translate(src, dst, r, host)
+		return
+	}
 	guest, err := r.Accept()
 	o.inflight.release(src.Addr())
 	if err != nil {
@@ -354,6 +363,65 @@ func (o *Outbound) handleTCP(src, dst netip.AddrPort, r tcpRequest) {
 		o.logger.Debug("nat: tcp relay ended with error", "src", src, "dst", dst,
 			"sent", res.AToB, "received", res.BToA, "send_err", res.AToBErr, "receive_err", res.BToAErr)
 	}
+}
+
+// translate hands a dialed connection to the gateway's translator, which
+// carries it without a relay; the in-flight slot is released once it is
+// answered.
+func (o *Outbound) translate(src, dst netip.AddrPort, r tcpRequest, host net.Conn) {
+	defer o.inflight.release(src.Addr())
+	tc, ok := host.(*net.TCPConn)
+	if !ok {
+		// A test dialer's conn the translator cannot read raw.
+		host.Close()
+		o.tcpRefused.Add(1)
+		r.Reject()
+		return
+	}
+	h := &flowHandle{}
+	if !o.track(h) {
+		tc.Close()
+		r.Reject()
+		return
+	}
+	fl, err := r.Translate(tc, func() { o.untrack(h) })
+	if err != nil {
+		o.untrack(h)
+		o.dataError("nat: tcp translate failed", "src", src, "dst", dst, "err", err)
+		return
+	}
+	o.tcpRelayed.Add(1)
+	h.set(fl)
+}
+
+// flowHandle lets Close reach a translated flow that may not exist yet
+// when it is tracked.
+type flowHandle struct {
+	mu     sync.Mutex
+	c      io.Closer
+	closed bool
+}
+
+func (h *flowHandle) set(c io.Closer) {
+	h.mu.Lock()
+	h.c = c
+	closed := h.closed
+	h.mu.Unlock()
+	if closed {
+		c.Close()
+	}
+}
+
+// Close aborts the flow, now or as soon as it is set.
+func (h *flowHandle) Close() error {
+	h.mu.Lock()
+	c := h.c
+	h.closed = true
+	h.mu.Unlock()
+	if c != nil {
+		return c.Close()
+	}
+	return nil
 }
 
 // dialHostTCP dials target with the configured timeout.

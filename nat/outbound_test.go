@@ -62,6 +62,10 @@ func newFakeTCPRequest(t *testing.T) (*fakeTCPRequest, *net.TCPConn) {
 
 func (r *fakeTCPRequest) Accept() (guestConn, error) { close(r.accepted); return r.relayEnd, nil }
 func (r *fakeTCPRequest) Reject()                    { close(r.rejected); r.relayEnd.Close() }
+func (r *fakeTCPRequest) Translated() bool           { return false }
+func (r *fakeTCPRequest) Translate(*net.TCPConn, func()) (io.Closer, error) {
+	return nil, errors.New("fakeTCPRequest is not translated")
+}
 
 // outcome waits for the request to be accepted or rejected.
 func (r *fakeTCPRequest) outcome(t *testing.T) string {

@@ -41,16 +41,24 @@ type TCPRequest struct {
 
 	mu  sync.Mutex
 	req *tcp.ForwarderRequest // nil once answered
+	// tx is the translator's flow when the SYN came to it
+	// (tcptranslate.go); done records that it was answered.
+	tx   *txFlow
+	done bool
 }
 
 // Accept completes the handshake with the guest and returns the
 // connection, with TCP keepalive on so dead guests are noticed. The caller
 // owns the connection. It implements io.WriterTo, which copies straight
 // from netstack into a host *net.TCPConn (tcpconn.go).
-// It fails if the request was already answered or the guest gave up.
+// It fails if the request was already answered or the guest gave up, and
+// for a Translated request, which has no netstack connection.
 func (r *TCPRequest) Accept() (TCPConn, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.tx != nil {
+		return nil, errTranslated
+	}
 	if r.req == nil {
 		return nil, convertError("accept "+r.flow(), &tcpip.ErrInvalidEndpointState{})
 	}
@@ -73,6 +81,13 @@ func (r *TCPRequest) Accept() (TCPConn, error) {
 func (r *TCPRequest) Reject() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.tx != nil {
+		if !r.done {
+			r.done = true
+			r.tx.abort()
+		}
+		return
+	}
 	if r.req != nil {
 		r.req.Complete(true)
 		r.req = nil

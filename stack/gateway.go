@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -85,6 +86,11 @@ type Config struct {
 	// DHCP, if set, runs a DHCPv4 server on the gateway.
 	DHCP *DHCPConfig
 
+	// TranslateTCP carries guests' IPv4 TCP connections through the
+	// TCPHandler without netstack (tcptranslate.go): the handler answers
+	// their requests with TCPRequest.Translate.
+	TranslateTCP bool
+
 	// TCPBufferMax caps each TCP connection's send and receive buffers in
 	// bytes (gVisor auto-tunes up to it); 0 keeps gVisor's 4 MiB. Raise it
 	// for high bandwidth-delay paths (NETSTACK.md R4).
@@ -110,6 +116,7 @@ type Gateway struct {
 	tap       *os.File    // the TAP of a NewFdbased gateway, closed by Close
 	stats     counters
 	udp       udpShortcuts // udpshortcut.go
+	tx        txTable      // tcptranslate.go
 	closed    atomic.Bool
 }
 
@@ -126,6 +133,8 @@ type counters struct {
 	dhcpDropped     atomic.Uint64
 	udpShortcutIn   atomic.Uint64
 	udpShortcutOut  atomic.Uint64
+	tcpTranslated   atomic.Uint64
+	tcpResent       atomic.Uint64
 }
 
 // Stats are a gateway's counters since New.
@@ -141,6 +150,9 @@ type Stats struct {
 	DHCPDropped     uint64 // DHCP requests ignored (malformed, no free address, not for us)
 	UDPShortcutIn   uint64 // UDP datagrams from the switch that skipped netstack (udpshortcut.go)
 	UDPShortcutOut  uint64 // ... and to the switch
+	TCPTranslated   uint64 // TCP connections carried without netstack (tcptranslate.go)
+	TCPTranslating  uint64 // ... of them open now
+	TCPResent       uint64 // times a translated flow resent from its oldest unacknowledged byte
 }
 
 // New creates a gateway stack for one network. It is not connected to
@@ -332,6 +344,9 @@ func (g *Gateway) Stats() Stats {
 		DHCPDropped:     c.dhcpDropped.Load(),
 		UDPShortcutIn:   c.udpShortcutIn.Load(),
 		UDPShortcutOut:  c.udpShortcutOut.Load(),
+		TCPTranslated:   c.tcpTranslated.Load(),
+		TCPTranslating:  uint64(g.tx.len()),
+		TCPResent:       c.tcpResent.Load(),
 	}
 }
 
@@ -439,7 +454,25 @@ func (g *Gateway) ListenTCP(port uint16) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway %s: listen tcp :%d: %w", g.cfg.Name, port, err)
 	}
-	return l, nil
+	// The translator leaves SYNs to this port to netstack until Close.
+	g.tx.listen(port)
+	return &gatewayListener{Listener: l, g: g, port: port}, nil
+}
+
+// gatewayListener is a netstack listener whose port the translator leaves
+// alone while it is open.
+type gatewayListener struct {
+	net.Listener
+	g    *Gateway
+	port uint16
+	once sync.Once
+}
+
+// Close closes the listener and gives its port back to the translator.
+func (l *gatewayListener) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(func() { l.g.tx.unlisten(l.port) })
+	return err
 }
 
 // Close detaches the gateway from its switch, aborts every connection and
@@ -453,6 +486,9 @@ func (g *Gateway) Close() {
 		if att := g.ep.att.Load(); att != nil {
 			att.Detach()
 		}
+	}
+	for _, fl := range g.tx.all() {
+		fl.abort()
 	}
 	g.stack.Close()
 	g.stack.Wait()

@@ -261,6 +261,9 @@ type guest struct {
 	// pureACKsIn counts pure TCP ACKs (no payload, flags ACK only) the
 	// guest received.
 	pureACKsIn atomic.Uint64
+	// dropIn, when set, drops the frames from the switch it returns true
+	// for, as a full queue on the way to the guest would.
+	dropIn atomic.Pointer[func(*vswitch.Frame) bool]
 }
 
 // isPureACK reports whether an Ethernet frame is an IPv4 TCP segment with
@@ -339,6 +342,10 @@ func (n *testNet) addGuest(t *testing.T, addr netip.Addr, mac vswitch.MAC, offlo
 				return
 			}
 			for _, f := range frames[:n] {
+				if drop := g.dropIn.Load(); drop != nil && (*drop)(f) {
+					f.DecRef()
+					continue
+				}
 				if f.Hdr.IsGSO() {
 					g.gsoIn.Add(1)
 				}

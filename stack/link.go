@@ -106,6 +106,10 @@ func (g *Gateway) receive(f *vswitch.Frame) {
 				if g.receiveUDP(f, ip) {
 					return
 				}
+			case header.TCPProtocolNumber:
+				if g.cfg.TranslateTCP && g.receiveTCP(f, ip) {
+					return
+				}
 			}
 		}
 	}

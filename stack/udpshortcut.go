@@ -36,9 +36,9 @@ import (
 // default, so both paths look alike.
 const udpTTL = 64
 
-// udpKey names a flow as frames from the guest carry it: the guest's
+// flowKey4 names an IPv4 flow as frames from the guest carry it: the guest's
 // address and port first.
-type udpKey struct {
+type flowKey4 struct {
 	src, dst     [4]byte
 	sport, dport uint16
 }
@@ -47,10 +47,10 @@ type udpKey struct {
 // netstack. Lookups happen for every UDP frame; changes once per flow.
 type udpShortcuts struct {
 	mu    sync.RWMutex
-	conns map[udpKey]*UDPConn
+	conns map[flowKey4]*UDPConn
 }
 
-func (s *udpShortcuts) lookup(k udpKey) *UDPConn {
+func (s *udpShortcuts) lookup(k flowKey4) *UDPConn {
 	s.mu.RLock()
 	c := s.conns[k]
 	s.mu.RUnlock()
@@ -60,20 +60,20 @@ func (s *udpShortcuts) lookup(k udpKey) *UDPConn {
 // add registers c for k unless another conn has it (netstack allows one
 // connected socket per 4-tuple, so that is only ever a stale entry's
 // replacement racing its removal: the newcomer stays on netstack).
-func (s *udpShortcuts) add(k udpKey, c *UDPConn) bool {
+func (s *udpShortcuts) add(k flowKey4, c *UDPConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, taken := s.conns[k]; taken {
 		return false
 	}
 	if s.conns == nil {
-		s.conns = make(map[udpKey]*UDPConn)
+		s.conns = make(map[flowKey4]*UDPConn)
 	}
 	s.conns[k] = c
 	return true
 }
 
-func (s *udpShortcuts) remove(k udpKey, c *UDPConn) {
+func (s *udpShortcuts) remove(k flowKey4, c *UDPConn) {
 	s.mu.Lock()
 	if s.conns[k] == c {
 		delete(s.conns, k)
@@ -84,7 +84,7 @@ func (s *udpShortcuts) remove(k udpKey, c *UDPConn) {
 // shortcut is a UDPConn's part in the shortcut: where its frames go and
 // what they carry. Its fields are set before the conn is registered.
 type shortcut struct {
-	key    udpKey
+	key    flowKey4
 	local  tcpip.Address // the conn's address: the source of what it sends
 	remote tcpip.Address
 	lport  uint16
@@ -119,7 +119,7 @@ func shortcutFor(local, remote netip.AddrPort) *shortcut {
 		local: toTCPIP(local.Addr()), remote: toTCPIP(remote.Addr()),
 		lport: local.Port(), rport: remote.Port(),
 	}
-	s.key = udpKey{src: remote.Addr().As4(), dst: local.Addr().As4(), sport: s.rport, dport: s.lport}
+	s.key = flowKey4{src: remote.Addr().As4(), dst: local.Addr().As4(), sport: s.rport, dport: s.lport}
 	return s
 }
 
@@ -133,7 +133,7 @@ func (g *Gateway) receiveUDP(f *vswitch.Frame, ip header.IPv4) bool {
 	if len(u) < header.UDPMinimumSize || int(u.Length()) != len(u) {
 		return false // netstack drops it and counts why
 	}
-	k := udpKey{
+	k := flowKey4{
 		src: ip.SourceAddress().As4(), dst: ip.DestinationAddress().As4(),
 		sport: u.SourcePort(), dport: u.DestinationPort(),
 	}

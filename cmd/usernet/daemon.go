@@ -22,6 +22,7 @@ type daemonOptions struct {
 	stateDir            string
 	logLevel            string
 	disableHostLoopback bool
+	tcpNetstack         bool
 }
 
 // shutdownGrace bounds how long the daemon waits for requests in flight
@@ -46,6 +47,7 @@ func newDaemonCmd(e *env) *cobra.Command {
 	f.StringVar(&o.stateDir, "state-dir", "", "state directory (default $XDG_DATA_HOME/usernet or ~/.local/share/usernet)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.BoolVar(&o.disableHostLoopback, "disable-host-loopback", false, "stop sandboxes from reaching the host's 127.0.0.1 through their gateway")
+	f.BoolVar(&o.tcpNetstack, "tcp-netstack", false, "carry sandboxes' outbound TCP through gVisor's netstack instead of translating it in the gateway (slower; to compare or fall back)")
 	return cmd
 }
 
@@ -101,6 +103,7 @@ func runDaemon(ctx context.Context, e *env, o *daemonOptions) error {
 		StateDir:            stateDir,
 		Logger:              logger,
 		DisableHostLoopback: o.disableHostLoopback,
+		TCPNetstack:         o.tcpNetstack,
 	})
 	if errors.Is(err, engine.ErrStateLocked) {
 		// The socket was free but the state is not: another daemon of
