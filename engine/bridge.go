@@ -142,6 +142,17 @@ func (b *netBridge) Unpublish(m PortMapping, target netip.AddrPort) error {
 	return b.fwd.Remove(nat.Mapping{Proto: m.Proto, HostIP: m.HostIP, HostPort: m.HostPort, Target: target})
 }
 
+// TCPMode implements bridge: how guests' outbound TCP is carried.
+func (b *netBridge) TCPMode() string {
+	switch {
+	case b.out == nil:
+		return "none"
+	case b.gw.TranslatesTCP():
+		return "translated"
+	}
+	return "netstack"
+}
+
 // EchoMode implements bridge: "none" on an internal network, whose
 // gateway answers pings to itself only.
 func (b *netBridge) EchoMode() string {

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/usernet/usernet/stack"
 )
 
 // TestNetBridgeInternal builds a real data path for an internal network:
@@ -38,6 +40,13 @@ func TestNetBridgeInternal(t *testing.T) {
 			defer b.Close()
 			if mode := b.EchoMode(); (mode == "none") != tc.internal {
 				t.Errorf("EchoMode = %q; internal %v", mode, tc.internal)
+			}
+			wantTCP := map[bool]string{true: "translated", false: "netstack"}[stack.TranslationSupported()]
+			if tc.internal {
+				wantTCP = "none"
+			}
+			if mode := b.TCPMode(); mode != wantTCP {
+				t.Errorf("TCPMode = %q, want %q", mode, wantTCP)
 			}
 			m, err := b.Publish(PortMapping{ContainerPort: 80, Proto: "tcp", HostIP: netip.MustParseAddr("127.0.0.1")},
 				netip.MustParseAddrPort("10.77.0.2:80"))

@@ -134,6 +134,9 @@ type bridge interface {
 	Bypass(dst netip.AddrPort) (netip.AddrPort, bool)
 	// EchoMode says how pings from the network leave the host.
 	EchoMode() string
+	// TCPMode says how outbound TCP is carried: "translated",
+	// "netstack" or "none" (an internal network).
+	TCPMode() string
 	// Close tears the network's data path down.
 	Close()
 }

@@ -273,6 +273,7 @@ func (b *fakeBridge) Unpublish(m PortMapping, target netip.AddrPort) error {
 }
 
 func (b *fakeBridge) EchoMode() string { return "gateway-only" }
+func (b *fakeBridge) TCPMode() string  { return "netstack" }
 
 func (b *fakeBridge) Bypass(dst netip.AddrPort) (netip.AddrPort, bool) {
 	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), dst.Port()), true

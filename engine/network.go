@@ -346,7 +346,7 @@ func (e *Engine) bringUp(r networkRecord) (*network, error) {
 	}
 	e.log.Info("network up", "network", r.Name, "subnet", r.Subnet, "gateway", r.Gateway, "mtu", r.MTU,
 		"internal", r.Internal, "icc", !r.DisableICC, "icmp_echo", n.br.EchoMode(), "host_loopback", !e.cfg.DisableHostLoopback,
-		"tcp", map[bool]string{false: "translated", true: "netstack"}[e.cfg.TCPNetstack])
+		"tcp", n.br.TCPMode())
 	return n, nil
 }
 

@@ -30,6 +30,12 @@ func (g *guest) dialTCP(t *testing.T, dst netip.AddrPort) (*gonet.TCPConn, error
 // half-closes; the server sees EOF, then sends 100 MB back on the same
 // connection. Both streams must arrive intact (sha256).
 func TestE2ETCPBulkAndHalfClose(t *testing.T) {
+	for name, translate := range tcpModes {
+		t.Run(name, func(t *testing.T) { testTCPBulkAndHalfClose(t, translate) })
+	}
+}
+
+func testTCPBulkAndHalfClose(t *testing.T, translate bool) {
 	size := int64(100 << 20)
 	if testing.Short() || raceEnabled {
 		// The race detector slows the stacks down about tenfold.
@@ -67,7 +73,7 @@ func TestE2ETCPBulkAndHalfClose(t *testing.T) {
 		}
 	}()
 
-	n := newTestNet(t, Config{HostLoopback: true})
+	n := newTestNetTCP(t, Config{HostLoopback: true}, translate)
 	g := n.addGuest(t, guestAddr)
 	c, err := g.dialTCP(t, netip.AddrPortFrom(testPrefix.Addr(), uint16(ln.Addr().(*net.TCPAddr).Port)))
 	if err != nil {
@@ -100,6 +106,9 @@ func TestE2ETCPBulkAndHalfClose(t *testing.T) {
 	if s := n.out.Stats(); s.TCPRelayed != 1 {
 		t.Fatalf("TCPRelayed = %d, want 1", s.TCPRelayed)
 	}
+	if s := n.gw.Stats(); (s.TCPTranslated == 1) != translate {
+		t.Fatalf("gateway translated %d connections; translation on: %v", s.TCPTranslated, translate)
+	}
 }
 
 // TestE2ETCPRefused: what the host refuses, or the NAT may not forward,
@@ -115,18 +124,20 @@ func TestE2ETCPRefused(t *testing.T) {
 		{"HostLoopback off", false, srv.Port()},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			n := newTestNet(t, Config{HostLoopback: tc.hostLoopback})
-			g := n.addGuest(t, guestAddr)
-			c, err := g.dialTCP(t, netip.AddrPortFrom(testPrefix.Addr(), tc.port))
-			if err == nil {
-				c.Close()
-				t.Fatal("guest dial succeeded, want connection refused")
-			}
-			if !strings.Contains(err.Error(), "connection was refused") {
-				t.Fatalf("guest dial: %v, want connection refused", err)
-			}
-		})
+		for mode, translate := range tcpModes {
+			t.Run(tc.name+"/"+mode, func(t *testing.T) {
+				n := newTestNetTCP(t, Config{HostLoopback: tc.hostLoopback}, translate)
+				g := n.addGuest(t, guestAddr)
+				c, err := g.dialTCP(t, netip.AddrPortFrom(testPrefix.Addr(), tc.port))
+				if err == nil {
+					c.Close()
+					t.Fatal("guest dial succeeded, want connection refused")
+				}
+				if !strings.Contains(err.Error(), "connection was refused") {
+					t.Fatalf("guest dial: %v, want connection refused", err)
+				}
+			})
+		}
 	}
 }
 
@@ -134,7 +145,14 @@ func TestE2ETCPRefused(t *testing.T) {
 // reaches the host's loopback, to srv's port on the gateway's address.
 func dialGatewayTCP(t *testing.T, srv netip.AddrPort) *gonet.TCPConn {
 	t.Helper()
-	n := newTestNet(t, Config{HostLoopback: true})
+	return dialGatewayTCPMode(t, srv, false)
+}
+
+// dialGatewayTCPMode is dialGatewayTCP with the gateway translating TCP
+// when translate is set.
+func dialGatewayTCPMode(t *testing.T, srv netip.AddrPort, translate bool) *gonet.TCPConn {
+	t.Helper()
+	n := newTestNetTCP(t, Config{HostLoopback: true}, translate)
 	g := n.addGuest(t, guestAddr)
 	c, err := g.dialTCP(t, netip.AddrPortFrom(testPrefix.Addr(), srv.Port()))
 	if err != nil {
@@ -147,13 +165,17 @@ func dialGatewayTCP(t *testing.T, srv netip.AddrPort) *gonet.TCPConn {
 // TestE2ETCPGatewayToLoopback: a connection to the gateway's address
 // reaches the host's loopback service on the same port.
 func TestE2ETCPGatewayToLoopback(t *testing.T) {
-	checkGoroutines(t)
-	c := dialGatewayTCP(t, echoServer(t))
-	c.Write([]byte("from the guest"))
-	c.CloseWrite()
-	got, err := io.ReadAll(c)
-	if err != nil || string(got) != "hello from the guest" {
-		t.Fatalf("guest read %q, %v", got, err)
+	for name, translate := range tcpModes {
+		t.Run(name, func(t *testing.T) {
+			checkGoroutines(t)
+			c := dialGatewayTCPMode(t, echoServer(t), translate)
+			c.Write([]byte("from the guest"))
+			c.CloseWrite()
+			got, err := io.ReadAll(c)
+			if err != nil || string(got) != "hello from the guest" {
+				t.Fatalf("guest read %q, %v", got, err)
+			}
+		})
 	}
 }
 

@@ -24,7 +24,18 @@ var (
 // goroutine for every SYN, and the host dial and the handshake's first
 // send grew its stack several times over, 4-5% of the daemon's CPU at a
 // few thousand connections a second.
+//
+// A translated request arrives on the gateway's receive path, which must
+// not wait for a dial: HandleTCP returns at once and the worker answers.
 func (o *Outbound) HandleTCP(r *stack.TCPRequest) {
+	if r.Translated() {
+		a := &tcpRequestAdapter{r: r}
+		workers.goFn(func() {
+			defer r.Reject() // the backstop; a no-op once answered
+			o.handleTCP(r.Src, r.Dst, a)
+		})
+		return
+	}
 	a := &tcpRequestAdapter{r: r, done: make(chan struct{})}
 	workers.goFn(func() {
 		defer a.answered() // handleTCP always answers; this is the backstop
@@ -64,7 +75,7 @@ func (a *tcpRequestAdapter) Reject() {
 }
 
 func (a *tcpRequestAdapter) answered() {
-	if !a.sent {
+	if a.done != nil && !a.sent {
 		a.sent = true
 		close(a.done)
 	}

@@ -41,14 +41,26 @@ type testNet struct {
 }
 
 // newTestNet builds the switch and gateway; cfg.Gateway is filled in.
+// Guests' TCP goes through netstack and a relay.
 func newTestNet(t testing.TB, cfg Config) *testNet {
+	t.Helper()
+	return newTestNetTCP(t, cfg, false)
+}
+
+// tcpModes names the gateway's two ways of carrying guests' TCP, for
+// tests that run in both.
+var tcpModes = map[string]bool{"netstack": false, "translated": true}
+
+// newTestNetTCP is newTestNet with guests' TCP translated by the gateway
+// (stack.Config.TranslateTCP) when translate is set.
+func newTestNetTCP(t testing.TB, cfg Config, translate bool) *testNet {
 	t.Helper()
 	cfg.Gateway = testPrefix.Addr()
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(t)
 	}
 	out := NewOutbound(cfg)
-	g, err := stack.New(stack.Config{Name: "test", MTU: testMTU, Addr: testPrefix, Logger: cfg.Logger, TCP: out, UDP: out, Echo: out})
+	g, err := stack.New(stack.Config{Name: "test", MTU: testMTU, Addr: testPrefix, Logger: cfg.Logger, TCP: out, UDP: out, Echo: out, TranslateTCP: translate})
 	if err != nil {
 		t.Fatal(err)
 	}

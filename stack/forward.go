@@ -24,6 +24,11 @@ type TCPHandler interface {
 	// real destination, Reject if that fails, else Accept and relay); if
 	// it calls neither, the attempt is refused. Once it has answered it
 	// may return and leave the relay to another goroutine.
+	//
+	// A Translated request (Config.TranslateTCP) is different: HandleTCP
+	// is called on the gateway's receive path and must not block. It
+	// answers with Translate or Reject, later and from any goroutine;
+	// a request never answered leaves the guest retrying its SYN.
 	HandleTCP(r *TCPRequest)
 }
 

@@ -162,6 +162,10 @@ func New(cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	if g.cfg.TranslateTCP && !peekOffsetWorks() {
+		g.cfg.TranslateTCP = false
+		g.logger.Warn("gateway: TCP translation needs SO_PEEK_OFF on TCP sockets (Linux 6.10 or later); carrying TCP through netstack instead")
+	}
 	g.ep = &endpoint{g: g, mac: tcpip.LinkAddress(g.mac[:])}
 	g.ep.mtu.Store(uint32(g.cfg.MTU))
 	g.ep.acks = newACKHolder(g.sendFrames)
@@ -325,6 +329,11 @@ func (g *Gateway) Prefix() netip.Prefix { return g.prefix }
 
 // MAC returns the gateway's MAC address.
 func (g *Gateway) MAC() vswitch.MAC { return g.mac }
+
+// TranslatesTCP reports whether guests' TCP connections are translated
+// (Config.TranslateTCP, on a kernel that allows it) rather than carried
+// by netstack.
+func (g *Gateway) TranslatesTCP() bool { return g.cfg.TranslateTCP && g.ep != nil }
 
 // MTU returns the network's MTU.
 func (g *Gateway) MTU() int { return g.cfg.MTU }

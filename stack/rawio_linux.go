@@ -33,6 +33,15 @@ func rawRead(fd int, b []byte) (int, error) {
 	return int(n), nil
 }
 
+// rawWrite is write(2) on a non-blocking fd; b must not be empty.
+func rawWrite(fd int, b []byte) (int, error) {
+	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
 // rawWritev is writev(2) on a non-blocking fd; iov must not be empty.
 func rawWritev(fd int, iov []unix.Iovec) (int, error) {
 	n, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))

@@ -64,12 +64,20 @@ const (
 	txMaxRTO     = 10 * time.Second
 	txMaxRetries = 10
 
-	txMinMSS  = 88
-	txHeaders = header.EthernetMinimumSize + header.IPv4MinimumSize + header.TCPMinimumSize
+	txMinMSS = 88
+	// txDiscardBatch is how many acknowledged bytes wait in the host
+	// socket before one read discards them.
+	txDiscardBatch = 64 << 10
+	txHeaders      = header.EthernetMinimumSize + header.IPv4MinimumSize + header.TCPMinimumSize
 	// txMaxSuper is the most payload one super-frame to the guest
 	// carries: what an IPv4 packet can hold.
 	txMaxSuper = 0xffff - header.IPv4MinimumSize - header.TCPMinimumSize
 )
+
+// txAnswerTimeout bounds how long a translated SYN waits for the
+// TCPHandler's answer before the guest gets a RST (nat's own dial timeout
+// is shorter). A variable for tests.
+var txAnswerTimeout = 30 * time.Second
 
 // txState is where a translated flow is in its life.
 type txState uint8
@@ -142,6 +150,20 @@ func (t *txTable) len() int {
 	return len(t.flows)
 }
 
+// TranslationSupported reports whether this kernel allows TCP translation
+// (Config.TranslateTCP): it needs a peek offset on TCP sockets
+// (SO_PEEK_OFF, Linux 6.10), which its retransmission buffer depends on.
+func TranslationSupported() bool { return peekOffsetWorks() }
+
+var peekOffsetWorks = sync.OnceValue(func() bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == nil
+})
+
 // seqLT reports whether sequence number a is before b (RFC 793 modular
 // comparison).
 func seqLT(a, b uint32) bool { return int32(a-b) < 0 }
@@ -183,9 +205,15 @@ type txFlow struct {
 	mss      int    // largest payload per segment to the guest
 	hostEOF  bool   // the host socket reached EOF (a FIN follows its bytes)
 	bulk     bool   // the last peek filled its frame: peek super-frames
-	finSent  bool   // our FIN is sent; it is sequence number sndNxt-1
+	// acked counts bytes the guest acknowledged that are still in the
+	// host socket: they are discarded in batches (discard), not one
+	// syscall per ACK, and whenever the socket has nothing new.
+	acked    uint32
+	finSent  bool // our FIN is sent; it is sequence number sndNxt-1
 	finAcked bool
 	dupAcks  int
+	// resend is set by rewind until the segment at sndUna is sent again.
+	resend bool
 	// recover is sndNxt when the last rewind happened: until the guest
 	// acknowledges it, duplicate ACKs are echoes of that loss.
 	recover  uint32
@@ -253,9 +281,13 @@ func (g *Gateway) translateSYN(src vswitch.MAC, k flowKey4, ip header.IPv4, t he
 		fl.rcvShift = txWindowShift
 	}
 	fl.sndUna, fl.sndNxt, fl.recover = fl.iss, fl.iss, fl.iss
+	// Armed before fl is shared, so without its lock.
+	fl.rtoArmed = true
+	fl.rtoTimer = time.AfterFunc(txAnswerTimeout, fl.timeout)
 	g.tx.mu.Lock()
 	if g.tx.flows[k] != nil {
 		g.tx.mu.Unlock()
+		fl.rtoTimer.Stop()
 		return true // a retransmitted SYN raced its first copy
 	}
 	if g.tx.flows == nil {
@@ -268,10 +300,7 @@ func (g *Gateway) translateSYN(src vswitch.MAC, k flowKey4, ip header.IPv4, t he
 		Dst: netip.AddrPortFrom(fromTCPIP(fl.local), fl.lport),
 		tx:  fl,
 	}
-	go func() {
-		defer r.Reject()
-		g.cfg.TCP.HandleTCP(r)
-	}()
+	g.cfg.TCP.HandleTCP(r)
 	return true
 }
 
@@ -425,15 +454,10 @@ func (fl *txFlow) handleAck(t header.TCP, out *[]*vswitch.Frame) bool {
 			fl.finAcked = true
 			n--
 		}
-		if n > 0 {
-			// Discard what the guest has: recv with MSG_TRUNC drops
-			// bytes from a TCP socket without copying them.
-			got, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fl.fd), 0, uintptr(n),
-				unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
-			if errno != 0 || uint32(got) != n {
-				fl.reset(out)
-				return false
-			}
+		fl.acked += n
+		if fl.acked >= txDiscardBatch && !fl.discard() {
+			fl.reset(out)
+			return false
 		}
 		fl.sndUna = ack
 		fl.dupAcks, fl.rto = 0, txMinRTO
@@ -514,7 +538,7 @@ func (fl *txFlow) handleData(t header.TCP, seq uint32, flags header.TCPFlags, ou
 // reports false when the socket failed and the flow was aborted.
 func (fl *txFlow) write(p []byte, out *[]*vswitch.Frame) bool {
 	if len(fl.pending) == 0 && !fl.shutWr {
-		n, err := unix.Write(fl.fd, p)
+		n, err := rawWrite(fl.fd, p)
 		switch {
 		case err == unix.EAGAIN:
 			n = 0
@@ -549,7 +573,7 @@ func (fl *txFlow) flush() {
 		if fl.state == txClosed {
 			return true
 		}
-		n, err := unix.Write(fl.fd, fl.pending)
+		n, err := rawWrite(fl.fd, fl.pending)
 		switch {
 		case err == unix.EAGAIN:
 			return false
@@ -627,7 +651,14 @@ func (fl *txFlow) pump(out *[]*vswitch.Frame) bool {
 	}
 	for !fl.finSent {
 		inFlight := fl.sndNxt - fl.sndUna
-		if inFlight >= fl.sndWnd {
+		wnd := fl.sndWnd
+		if fl.resend && inFlight == 0 {
+			// The segment at sndUna may go even into a closed window
+			// (as Linux resends it): a guest whose buffer is full of
+			// what came after a lost segment cannot open it otherwise.
+			wnd = max(wnd, uint32(fl.mss))
+		}
+		if inFlight >= wnd {
 			if fl.sndWnd == 0 && !fl.rtoPending() {
 				fl.armRTO() // probe the zero window
 			}
@@ -636,17 +667,23 @@ func (fl *txFlow) pump(out *[]*vswitch.Frame) bool {
 		// The first read after a pause peeks one segment into a small
 		// frame; once one came back full, a 64 KiB super-frame (the
 		// switch or the guest's TAP cuts it into segments).
-		room := min(int(fl.sndWnd-inFlight), fl.mss)
+		room := min(int(wnd-inFlight), fl.mss)
 		if fl.bulk {
-			room = min(int(fl.sndWnd-inFlight), txMaxSuper/fl.mss*fl.mss)
+			room = min(int(wnd-inFlight), txMaxSuper/fl.mss*fl.mss)
 		}
 		f := vswitch.NewFrame(txHeaders + room)
-		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fl.fd),
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fl.fd),
 			uintptr(unsafe.Pointer(&f.Data[txHeaders])), uintptr(room), unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
 		switch {
 		case errno == unix.EAGAIN:
 			f.DecRef()
 			fl.bulk = false
+			// Nothing new in the socket: free what the guest has, or a
+			// host sender whose window those bytes fill waits forever.
+			if !fl.discard() {
+				fl.reset(out)
+				return false
+			}
 			return true
 		case errno != 0:
 			f.DecRef()
@@ -656,6 +693,7 @@ func (fl *txFlow) pump(out *[]*vswitch.Frame) bool {
 			f.DecRef()
 			fl.hostEOF = true
 			fl.finSent = true
+			fl.resend = false
 			*out = fl.appendSegment(*out, header.TCPFlagFin|header.TCPFlagAck, fl.sndNxt, nil)
 			fl.sndNxt++
 			if !fl.rtoPending() {
@@ -665,6 +703,7 @@ func (fl *txFlow) pump(out *[]*vswitch.Frame) bool {
 		}
 		f.Resize(txHeaders + int(n))
 		fl.bulk = int(n) == room
+		fl.resend = false
 		fl.finishData(f, int(n))
 		*out = append(*out, f)
 		fl.sndNxt += uint32(n)
@@ -695,16 +734,33 @@ func (fl *txFlow) finishData(f *vswitch.Frame, n int) {
 	}
 }
 
+// discard drops the bytes the guest has acknowledged from the host
+// socket: recv with MSG_TRUNC drops bytes from a TCP socket without
+// copying them. It reports false if the socket failed.
+func (fl *txFlow) discard() bool {
+	if fl.acked == 0 {
+		return true
+	}
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fl.fd), 0, uintptr(fl.acked),
+		unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+	if errno != 0 || uint32(n) != fl.acked {
+		return false
+	}
+	fl.acked = 0
+	return true
+}
+
 // rewind makes the next pump resend everything unacknowledged.
 func (fl *txFlow) rewind() {
 	fl.g.stats.tcpResent.Add(1)
 	fl.recover = fl.sndNxt
-	unix.SetsockoptInt(fl.fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0)
+	unix.SetsockoptInt(fl.fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, int(fl.acked))
 	fl.sndNxt = fl.sndUna
 	if fl.finSent && !fl.finAcked {
 		fl.finSent = false // pump peeks EOF again and resends the FIN
 	}
 	fl.dupAcks = 0
+	fl.resend = true
 }
 
 // rtoPending reports whether the retransmission timer is running.
@@ -737,22 +793,25 @@ func (fl *txFlow) timeout() {
 	done := false
 	switch {
 	case fl.state == txClosed:
+	case fl.state == txDialing:
+		// The handler never answered.
+		fl.reset(&out)
+		done = true
 	case fl.retries >= txMaxRetries:
 		fl.reset(&out)
 		done = true
 	case fl.state == txSynReceived:
 		fl.backoff()
 		out = fl.appendSynAck(out)
-	case fl.sndNxt != fl.sndUna || (fl.sndWnd == 0 && !fl.hostEOF):
+	case fl.sndNxt != fl.sndUna:
 		fl.backoff()
-		if fl.sndWnd == 0 {
-			// Zero window: a segment at sndUna-1 makes the guest answer
-			// with its current window.
-			out = fl.appendSegment(out, header.TCPFlagAck, fl.sndUna-1, nil)
-		} else {
-			fl.rewind()
-			fl.pump(&out)
-		}
+		fl.rewind()
+		fl.pump(&out)
+	case fl.sndWnd == 0 && !fl.hostEOF:
+		// Zero window, nothing outstanding: a segment at sndUna-1 makes
+		// the guest answer with its current window.
+		fl.backoff()
+		out = fl.appendSegment(out, header.TCPFlagAck, fl.sndUna-1, nil)
 	}
 	fl.send(out)
 	fl.mu.Unlock()
@@ -770,6 +829,10 @@ func (fl *txFlow) backoff() {
 // complete reports whether both directions have ended: the flow is done.
 func (fl *txFlow) complete() bool {
 	if fl.state == txEstablished && fl.guestFin && fl.shutWr && fl.finAcked {
+		// Acknowledged bytes may still sit in the host socket, so its
+		// close sends a RST after our FIN; the host has sent its own FIN
+		// and ours came first, so its side is already closed cleanly
+		// (TestTCPTranslateHostSpeaksFirst).
 		fl.close()
 		return true
 	}

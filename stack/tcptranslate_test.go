@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -22,7 +23,8 @@ import (
 )
 
 // translator is a TCPHandler that connects every translated request to
-// one host server, as nat does to the real destination.
+// one host server, as nat does to the real destination: on a goroutine,
+// since HandleTCP of a translated request must not block.
 type translator struct {
 	target net.Addr
 	ended  chan struct{} // one per flow that ended
@@ -36,12 +38,14 @@ func (tr *translator) HandleTCP(r *TCPRequest) {
 	if !r.Translated() {
 		return // refused: these tests expect every SYN translated
 	}
-	c, err := net.Dial("tcp", tr.target.String())
-	if err != nil {
-		r.Reject()
-		return
-	}
-	r.Translate(c.(*net.TCPConn), func() { tr.ended <- struct{}{} })
+	go func() {
+		c, err := net.Dial("tcp", tr.target.String())
+		if err != nil {
+			r.Reject()
+			return
+		}
+		r.Translate(c.(*net.TCPConn), func() { tr.ended <- struct{}{} })
+	}()
 }
 
 // hostServer listens on host loopback and runs serve for each connection.
@@ -181,6 +185,8 @@ func TestTCPTranslateRefused(t *testing.T) {
 		})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			defer func(d time.Duration) { txAnswerTimeout = d }(txAnswerTimeout)
+			txAnswerTimeout = 300 * time.Millisecond
 			n := newTestNet(t, Config{TCP: tc.h, TranslateTCP: true})
 			g := n.addGuest(t, guestAddr, guestMAC, true)
 			c, err := gonet.DialContextTCP(ctx, g.s, g.fullAddr(remoteServer), ipv4.ProtocolNumber)
@@ -202,32 +208,53 @@ func TestTCPTranslateRefused(t *testing.T) {
 	}
 }
 
-// TestTCPTranslateHostSpeaksFirst: the host sends a banner and more than
-// the guest's window before reading, then closes; the guest reads to EOF.
+// TestTCPTranslateHostSpeaksFirst: the host sends more than the guest's
+// window before reading and half-closes; the guest reads to EOF, then
+// uploads and closes, and the host, slow to read, must get every byte and
+// a clean EOF rather than a reset.
 func TestTCPTranslateHostSpeaksFirst(t *testing.T) {
-	ctx := testContext(t)
-	data := make([]byte, 3<<20)
-	rand.Read(data)
-	n, g, tr := translatedNet(t, func(c *net.TCPConn) {
-		c.Write(data)
-		c.CloseWrite()
-		io.Copy(io.Discard, c)
-	}, true)
-	c, err := gonet.DialContextTCP(ctx, g.s, g.fullAddr(remoteServer), ipv4.ProtocolNumber)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
+	// A banner smaller than the translator's discard batch, and more than
+	// the guest's window.
+	for _, size := range []int{6, 3<<20 + 1000} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			ctx := testContext(t)
+			data := make([]byte, size)
+			rand.Read(data)
+			upload := []byte("the guest's answer")
+			type result struct {
+				b   []byte
+				err error
+			}
+			got := make(chan result, 1)
+			n, g, tr := translatedNet(t, func(c *net.TCPConn) {
+				c.Write(data)
+				c.CloseWrite()
+				time.Sleep(200 * time.Millisecond)
+				b, err := io.ReadAll(c)
+				got <- result{b, err}
+			}, true)
+			c, err := gonet.DialContextTCP(ctx, g.s, g.fullAddr(remoteServer), ipv4.ProtocolNumber)
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			// Let the host fill the guest's window before anything is read.
+			time.Sleep(100 * time.Millisecond)
+			b, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if !bytes.Equal(b, data) {
+				t.Fatalf("guest got %d bytes, want %d", len(b), len(data))
+			}
+			c.Write(upload)
+			c.Close()
+			waitEnded(ctx, t, n, tr)
+			r := <-got
+			if r.err != nil || !bytes.Equal(r.b, upload) {
+				t.Errorf("host read %q, %v; want %q and EOF", r.b, r.err, upload)
+			}
+		})
 	}
-	// Let the host fill the guest's window before anything is read.
-	time.Sleep(100 * time.Millisecond)
-	got, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	if !bytes.Equal(got, data) {
-		t.Fatalf("got %d bytes, want %d, equal %v", len(got), len(data), bytes.Equal(got, data))
-	}
-	c.Close()
-	waitEnded(ctx, t, n, tr)
 }
 
 // TestTCPTranslateSlowHost: the host reads nothing for a while, so the
