@@ -6,7 +6,9 @@
 // to host sockets (forward.go, echo.go), and dials into the network for
 // published ports. A UDP flow's datagrams after its first skip netstack:
 // the gateway carries them between the switch and the flow's socket
-// itself (udpshortcut.go).
+// itself (udpshortcut.go). Guests' outbound IPv4 TCP connections skip it
+// entirely: the gateway speaks TCP to the guest itself and moves bytes
+// straight to and from the host socket (tcptranslate.go).
 //
 // gVisor's types (tcpip.Address, tcpip.Error) never leave this package;
 // its API speaks net/netip and net.Conn.
