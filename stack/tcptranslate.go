@@ -421,7 +421,7 @@ func (fl *txFlow) segment(t header.TCP, out *[]*vswitch.Frame) bool {
 		return false
 	}
 	if flags.Contains(header.TCPFlagSyn) {
-		*out = fl.appendSegment(*out, header.TCPFlagAck, fl.sndNxt, nil) // challenge ACK
+		*out = fl.appendSegment(*out, header.TCPFlagAck, fl.sndNxt) // challenge ACK
 		return false
 	}
 	if !flags.Contains(header.TCPFlagAck) {
@@ -444,7 +444,7 @@ func (fl *txFlow) handleAck(t header.TCP, out *[]*vswitch.Frame) bool {
 	wnd := uint32(t.WindowSize()) << fl.sndShift
 	if seqLT(fl.sndNxt, ack) {
 		// Acknowledges what was never sent: say where we are.
-		*out = fl.appendSegment(*out, header.TCPFlagAck, fl.sndNxt, nil)
+		*out = fl.appendSegment(*out, header.TCPFlagAck, fl.sndNxt)
 		return true
 	}
 	switch {
@@ -492,14 +492,14 @@ func (fl *txFlow) handleData(t header.TCP, seq uint32, flags header.TCPFlags, ou
 		// A retransmission overlapping what we have: keep the new part.
 		skip := fl.rcvNxt - seq
 		if skip > uint32(len(payload)) || (skip == uint32(len(payload)) && !fin) || fl.guestFin {
-			*out = fl.appendSegment(*out, header.TCPFlagAck, fl.sndNxt, nil)
+			*out = fl.appendSegment(*out, header.TCPFlagAck, fl.sndNxt)
 			return true
 		}
 		payload = payload[skip:]
 	} else if seq != fl.rcvNxt || fl.guestFin {
 		// Out of order (a segment before it was lost): a duplicate ACK
 		// makes the guest resend from rcvNxt.
-		*out = fl.appendSegment(*out, header.TCPFlagAck, fl.sndNxt, nil)
+		*out = fl.appendSegment(*out, header.TCPFlagAck, fl.sndNxt)
 		return true
 	}
 	if w := fl.window(); uint32(len(payload)) > w {
@@ -522,7 +522,7 @@ func (fl *txFlow) handleData(t header.TCP, seq uint32, flags header.TCPFlags, ou
 	// window; hold the ACK of a small segment for the host's answer to
 	// carry, and never hold two.
 	if fin || fl.ackDue || len(payload) >= 2*fl.mss || len(fl.pending) > 0 {
-		*out = fl.appendSegment(*out, header.TCPFlagAck, fl.sndNxt, nil)
+		*out = fl.appendSegment(*out, header.TCPFlagAck, fl.sndNxt)
 	} else {
 		fl.ackDue = true
 		if fl.ackTimer == nil {
@@ -590,7 +590,7 @@ func (fl *txFlow) flush() {
 		if fl.guestFin {
 			fl.shutdownWrite()
 		}
-		out = fl.appendSegment(out, header.TCPFlagAck, fl.sndNxt, nil) // window update
+		out = fl.appendSegment(out, header.TCPFlagAck, fl.sndNxt) // window update
 		done = fl.complete()
 		return true
 	})
@@ -617,7 +617,7 @@ func (fl *txFlow) sendDueAck() {
 	var out []*vswitch.Frame
 	fl.mu.Lock()
 	if fl.ackDue && fl.state == txEstablished {
-		out = fl.appendSegment(out, header.TCPFlagAck, fl.sndNxt, nil)
+		out = fl.appendSegment(out, header.TCPFlagAck, fl.sndNxt)
 	}
 	fl.send(out)
 	fl.mu.Unlock()
@@ -659,7 +659,7 @@ func (fl *txFlow) pump(out *[]*vswitch.Frame) bool {
 			wnd = max(wnd, uint32(fl.mss))
 		}
 		if inFlight >= wnd {
-			if fl.sndWnd == 0 && !fl.rtoPending() {
+			if fl.sndWnd == 0 && !fl.rtoArmed {
 				fl.armRTO() // probe the zero window
 			}
 			return !fl.hostEOF
@@ -694,9 +694,9 @@ func (fl *txFlow) pump(out *[]*vswitch.Frame) bool {
 			fl.hostEOF = true
 			fl.finSent = true
 			fl.resend = false
-			*out = fl.appendSegment(*out, header.TCPFlagFin|header.TCPFlagAck, fl.sndNxt, nil)
+			*out = fl.appendSegment(*out, header.TCPFlagFin|header.TCPFlagAck, fl.sndNxt)
 			fl.sndNxt++
-			if !fl.rtoPending() {
+			if !fl.rtoArmed {
 				fl.armRTO()
 			}
 			return false
@@ -707,7 +707,7 @@ func (fl *txFlow) pump(out *[]*vswitch.Frame) bool {
 		fl.finishData(f, int(n))
 		*out = append(*out, f)
 		fl.sndNxt += uint32(n)
-		if !fl.rtoPending() {
+		if !fl.rtoArmed {
 			fl.armRTO()
 		}
 	}
@@ -763,9 +763,6 @@ func (fl *txFlow) rewind() {
 	fl.resend = true
 }
 
-// rtoPending reports whether the retransmission timer is running.
-func (fl *txFlow) rtoPending() bool { return fl.rtoArmed }
-
 // stopRTO stops the retransmission timer.
 func (fl *txFlow) stopRTO() {
 	if fl.rtoArmed {
@@ -811,7 +808,7 @@ func (fl *txFlow) timeout() {
 		// Zero window, nothing outstanding: a segment at sndUna-1 makes
 		// the guest answer with its current window.
 		fl.backoff()
-		out = fl.appendSegment(out, header.TCPFlagAck, fl.sndUna-1, nil)
+		out = fl.appendSegment(out, header.TCPFlagAck, fl.sndUna-1)
 	}
 	fl.send(out)
 	fl.mu.Unlock()
@@ -867,7 +864,7 @@ func (fl *txFlow) reset(out *[]*vswitch.Frame) {
 	case txSynReceived:
 		seq = fl.iss + 1
 	}
-	*out = fl.appendSegment(*out, header.TCPFlagRst|header.TCPFlagAck, seq, nil)
+	*out = fl.appendSegment(*out, header.TCPFlagRst|header.TCPFlagAck, seq)
 	if fl.host != nil {
 		fl.host.SetLinger(0)
 	}
@@ -931,20 +928,12 @@ func (fl *txFlow) appendSynAck(out []*vswitch.Frame) []*vswitch.Frame {
 	return append(out, f)
 }
 
-// appendSegment appends a segment with the given flags, sequence number
-// and payload, acknowledging everything received.
-func (fl *txFlow) appendSegment(out []*vswitch.Frame, flags header.TCPFlags, seq uint32, payload []byte) []*vswitch.Frame {
-	f := vswitch.NewFrame(txHeaders + len(payload))
-	copy(f.Data[txHeaders:], payload)
-	fl.finishSegment(f, flags, seq, 0)
+// appendSegment appends a segment without payload with the given flags
+// and sequence number, acknowledging everything received.
+func (fl *txFlow) appendSegment(out []*vswitch.Frame, flags header.TCPFlags, seq uint32) []*vswitch.Frame {
+	f := vswitch.NewFrame(txHeaders)
+	fl.finishSegmentWindow(f, flags, seq, 0, fl.scaledWindow())
 	return append(out, f)
-}
-
-// finishSegment writes f's Ethernet, IPv4 and TCP headers in front of its
-// payload (and optLen bytes of options already in place), advertising the
-// current window.
-func (fl *txFlow) finishSegment(f *vswitch.Frame, flags header.TCPFlags, seq uint32, optLen int) {
-	fl.finishSegmentWindow(f, flags, seq, optLen, fl.scaledWindow())
 }
 
 // scaledWindow is the window field of segments after the handshake.
