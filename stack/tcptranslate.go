@@ -384,6 +384,7 @@ func (fl *txFlow) input(src vswitch.MAC, t header.TCP) {
 func (fl *txFlow) segment(t header.TCP, out *[]*vswitch.Frame) bool {
 	flags := t.Flags()
 	seq := t.SequenceNumber()
+	una, nxt, wnd := fl.sndUna, fl.sndNxt, fl.sndWnd
 	switch fl.state {
 	case txDialing:
 		return false // the SYN's answer is not known yet; the guest retries
@@ -433,7 +434,14 @@ func (fl *txFlow) segment(t header.TCP, out *[]*vswitch.Frame) bool {
 	if !fl.handleData(t, seq, flags, out) {
 		return true
 	}
-	fl.pump(out)
+	// What the host sends goes out when readHost sees it arrive. Only a
+	// segment that changes what the guest can take (the handshake's end,
+	// an ACK that moves, a window, a rewind) can let out bytes the socket
+	// already holds; for the rest a peek would find nothing new, and in
+	// request/response traffic that is every request.
+	if fl.sndUna != una || fl.sndNxt != nxt || fl.sndWnd != wnd {
+		fl.pump(out)
+	}
 	return fl.state == txClosed || fl.complete()
 }
 
@@ -518,10 +526,13 @@ func (fl *txFlow) handleData(t header.TCP, seq uint32, flags header.TCPFlags, ou
 			fl.shutdownWrite()
 		}
 	}
-	// ACK at once what ends the stream, a large burst or what fills the
-	// window; hold the ACK of a small segment for the host's answer to
-	// carry, and never hold two.
-	if fin || fl.ackDue || len(payload) >= 2*fl.mss || len(fl.pending) > 0 {
+	// ACK at once a large burst, what fills the window, or a FIN that
+	// ends the flow (ours is out already); hold the ACK of a small
+	// segment for the host's answer to carry, and never hold two. A FIN
+	// that arrives first is held too, as Linux holds it: the host
+	// usually closes in turn, and our FIN then carries the ACK, one
+	// frame to the guest instead of two.
+	if (fin && fl.finSent) || fl.ackDue || len(payload) >= 2*fl.mss || len(fl.pending) > 0 {
 		*out = fl.appendSegment(*out, header.TCPFlagAck, fl.sndNxt)
 	} else {
 		fl.ackDue = true

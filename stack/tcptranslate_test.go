@@ -429,6 +429,37 @@ func TestTCPTranslateHeaders(t *testing.T) {
 	tr := newTranslator(hostServer(t, func(c *net.TCPConn) { c.Write([]byte("hi")); io.Copy(io.Discard, c) }))
 	n := newTestNet(t, Config{TCP: tr, TranslateTCP: true})
 	g := n.addRaw(t, guestMAC, guestAddr)
+	sa := rawHandshake(ctx, t, g)
+	data := expectTCP(ctx, t, g, header.TCPFlagAck|header.TCPFlagPsh)
+	checkTCPFrame(t, data)
+	dt := header.TCP(header.IPv4(data[header.EthernetMinimumSize:]).Payload())
+	if string(dt.Payload()) != "hi" || dt.SequenceNumber() != sa.SequenceNumber()+1 {
+		t.Errorf("data segment seq %d payload %q, want seq %d payload %q", dt.SequenceNumber(), dt.Payload(), sa.SequenceNumber()+1, "hi")
+	}
+}
+
+// TestTCPTranslateFinAck checks that a guest's FIN answered by the host's
+// close costs the guest one frame: our FIN carries the ACK of its FIN.
+func TestTCPTranslateFinAck(t *testing.T) {
+	ctx := testContext(t)
+	tr := newTranslator(hostServer(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) }))
+	n := newTestNet(t, Config{TCP: tr, TranslateTCP: true})
+	g := n.addRaw(t, guestMAC, guestAddr)
+	sa := rawHandshake(ctx, t, g)
+	g.sendTCP(1001, sa.SequenceNumber()+1, header.TCPFlagFin|header.TCPFlagAck)
+	d := nextTCP(ctx, t, g)
+	got := header.TCP(header.IPv4(d[header.EthernetMinimumSize:]).Payload())
+	if got.Flags() != header.TCPFlagFin|header.TCPFlagAck || got.AckNumber() != 1002 {
+		t.Fatalf("after the guest's FIN got flags %v ack %d, want FIN|ACK acknowledging 1002", got.Flags(), got.AckNumber())
+	}
+	g.sendTCP(1002, got.SequenceNumber()+1, header.TCPFlagAck)
+	waitEnded(ctx, t, n, tr)
+}
+
+// rawHandshake opens a translated connection from the raw guest (port
+// 40000, ISN 999) to remoteServer and returns the gateway's SYN-ACK.
+func rawHandshake(ctx context.Context, t *testing.T, g *rawGuest) header.TCP {
+	t.Helper()
 	syn := header.TCP(make([]byte, header.TCPMinimumSize+4))
 	syn.Encode(&header.TCPFields{SrcPort: 40000, DstPort: 80, SeqNum: 1000, DataOffset: header.TCPMinimumSize + 4, Flags: header.TCPFlagSyn, WindowSize: 65535})
 	copy(syn[header.TCPMinimumSize:], []byte{header.TCPOptionMSS, 4, 0x05, 0xb4})
@@ -440,28 +471,41 @@ func TestTCPTranslateHeaders(t *testing.T) {
 	if sa.AckNumber() != 1001 {
 		t.Errorf("SYN-ACK acknowledges %d, want 1001", sa.AckNumber())
 	}
-	ack := header.TCP(make([]byte, header.TCPMinimumSize))
-	ack.Encode(&header.TCPFields{SrcPort: 40000, DstPort: 80, SeqNum: 1001, AckNum: sa.SequenceNumber() + 1, DataOffset: header.TCPMinimumSize, Flags: header.TCPFlagAck, WindowSize: 65535})
-	setTCPChecksum(ack, guestAddr, remoteServer.Addr())
-	g.send(ipv4Frame(gwMAC, guestMAC, guestAddr, remoteServer.Addr(), header.TCPProtocolNumber, ack))
-	data := expectTCP(ctx, t, g, header.TCPFlagAck|header.TCPFlagPsh)
-	checkTCPFrame(t, data)
-	dt := header.TCP(header.IPv4(data[header.EthernetMinimumSize:]).Payload())
-	if string(dt.Payload()) != "hi" || dt.SequenceNumber() != sa.SequenceNumber()+1 {
-		t.Errorf("data segment seq %d payload %q, want seq %d payload %q", dt.SequenceNumber(), dt.Payload(), sa.SequenceNumber()+1, "hi")
-	}
+	g.sendTCP(1001, sa.SequenceNumber()+1, header.TCPFlagAck)
+	return sa
+}
+
+// sendTCP sends a segment without payload from the raw guest's
+// connection (rawHandshake's ports).
+func (g *rawGuest) sendTCP(seq, ack uint32, flags header.TCPFlags) {
+	s := header.TCP(make([]byte, header.TCPMinimumSize))
+	s.Encode(&header.TCPFields{SrcPort: 40000, DstPort: 80, SeqNum: seq, AckNum: ack, DataOffset: header.TCPMinimumSize, Flags: flags, WindowSize: 65535})
+	setTCPChecksum(s, guestAddr, remoteServer.Addr())
+	g.send(ipv4Frame(gwMAC, guestMAC, guestAddr, remoteServer.Addr(), header.TCPProtocolNumber, s))
 }
 
 // expectTCP returns the next TCP frame with exactly flags set that reaches
-// the raw guest, its partial checksum completed as the guest's TAP would.
+// the raw guest, skipping others.
 func expectTCP(ctx context.Context, t *testing.T, g *rawGuest, flags header.TCPFlags) []byte {
+	t.Helper()
+	for {
+		if d := nextTCP(ctx, t, g); isTCP(d, flags) {
+			return d
+		}
+	}
+}
+
+// nextTCP returns the next IPv4 TCP frame that reaches the raw guest, its
+// partial checksum completed as the guest's TAP would, answering ARP on
+// the way.
+func nextTCP(ctx context.Context, t *testing.T, g *rawGuest) []byte {
 	t.Helper()
 	for {
 		h, d, err := g.p.Receive(ctx)
 		if err != nil {
-			t.Fatalf("waiting for TCP flags %v: %v", flags, err)
+			t.Fatalf("waiting for a TCP frame: %v", err)
 		}
-		if !isTCP(d, flags) {
+		if !isTCP(d, 0) {
 			g.answerARP(d)
 			continue
 		}
@@ -482,7 +526,8 @@ func setTCPChecksum(t header.TCP, src, dst netip.Addr) {
 	t.SetChecksum(^t.CalculateChecksum(sum))
 }
 
-// isTCP reports whether d is an IPv4 TCP frame with exactly flags set.
+// isTCP reports whether d is an IPv4 TCP frame with exactly flags set
+// (any flags when flags is 0).
 func isTCP(d []byte, flags header.TCPFlags) bool {
 	if len(d) < header.EthernetMinimumSize+header.IPv4MinimumSize || header.Ethernet(d).Type() != header.IPv4ProtocolNumber {
 		return false
@@ -491,7 +536,7 @@ func isTCP(d []byte, flags header.TCPFlags) bool {
 	if !ip.IsValid(len(ip)) || ip.TransportProtocol() != header.TCPProtocolNumber {
 		return false
 	}
-	return header.TCP(ip.Payload()).Flags() == flags
+	return flags == 0 || header.TCP(ip.Payload()).Flags() == flags
 }
 
 // checkTCPFrame checks an IPv4 TCP frame's checksums and addresses as the
