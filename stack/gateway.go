@@ -117,8 +117,8 @@ type Gateway struct {
 	dhcp      *dhcpServer // nil without DHCP
 	tap       *os.File    // the TAP of a NewFdbased gateway, closed by Close
 	stats     counters
-	udp       udpShortcuts // udpshortcut.go
-	tx        txTable      // tcptranslate.go
+	udp       flowMap[*UDPConn] // udpshortcut.go
+	tx        txTable           // tcptranslate.go
 	closed    atomic.Bool
 }
 

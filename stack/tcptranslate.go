@@ -89,65 +89,38 @@ const (
 	txClosed                     // done or aborted; out of the table
 )
 
-// txTable maps the translator's flows by addresses as the guest's frames
-// carry them.
+// txTable holds the translator's flows, by addresses as the guest's frames
+// carry them, and the gateway ports netstack serves itself (ListenTCP):
+// SYNs to those stay there.
 type txTable struct {
-	mu    sync.RWMutex
-	flows map[flowKey4]*txFlow
-	// listening are gateway ports served by netstack (ListenTCP): SYNs
-	// to them stay there.
+	flowMap[*txFlow]
+	lmu       sync.Mutex
 	listening map[uint16]int
-}
-
-func (t *txTable) lookup(k flowKey4) *txFlow {
-	t.mu.RLock()
-	f := t.flows[k]
-	t.mu.RUnlock()
-	return f
-}
-
-func (t *txTable) remove(k flowKey4, f *txFlow) {
-	t.mu.Lock()
-	if t.flows[k] == f {
-		delete(t.flows, k)
-	}
-	t.mu.Unlock()
 }
 
 // listen and unlisten count netstack's listeners on a gateway port.
 func (t *txTable) listen(port uint16) {
-	t.mu.Lock()
+	t.lmu.Lock()
 	if t.listening == nil {
 		t.listening = make(map[uint16]int)
 	}
 	t.listening[port]++
-	t.mu.Unlock()
+	t.lmu.Unlock()
 }
 
 func (t *txTable) unlisten(port uint16) {
-	t.mu.Lock()
+	t.lmu.Lock()
 	if t.listening[port]--; t.listening[port] <= 0 {
 		delete(t.listening, port)
 	}
-	t.mu.Unlock()
+	t.lmu.Unlock()
 }
 
-// all returns every flow, for Gateway.Close.
-func (t *txTable) all() []*txFlow {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	fs := make([]*txFlow, 0, len(t.flows))
-	for _, f := range t.flows {
-		fs = append(fs, f)
-	}
-	return fs
-}
-
-// len reports the number of flows.
-func (t *txTable) len() int {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return len(t.flows)
+// served reports whether netstack listens on a gateway port.
+func (t *txTable) served(port uint16) bool {
+	t.lmu.Lock()
+	defer t.lmu.Unlock()
+	return t.listening[port] > 0
 }
 
 // TranslationSupported reports whether this kernel allows TCP translation
@@ -251,13 +224,8 @@ func (g *Gateway) receiveTCP(f *vswitch.Frame, ip header.IPv4) bool {
 // on the destination, and hands it to the TCPHandler.
 func (g *Gateway) translateSYN(src vswitch.MAC, k flowKey4, ip header.IPv4, t header.TCP) bool {
 	dst := ip.DestinationAddress()
-	if g.ownsV4(dst) {
-		g.tx.mu.RLock()
-		served := g.tx.listening[k.dport] > 0
-		g.tx.mu.RUnlock()
-		if served {
-			return false
-		}
+	if g.ownsV4(dst) && g.tx.served(k.dport) {
+		return false
 	}
 	if g.cfg.TCP == nil || g.closed.Load() {
 		return false // netstack refuses it
@@ -284,17 +252,10 @@ func (g *Gateway) translateSYN(src vswitch.MAC, k flowKey4, ip header.IPv4, t he
 	// Armed before fl is shared, so without its lock.
 	fl.rtoArmed = true
 	fl.rtoTimer = time.AfterFunc(txAnswerTimeout, fl.timeout)
-	g.tx.mu.Lock()
-	if g.tx.flows[k] != nil {
-		g.tx.mu.Unlock()
+	if !g.tx.add(k, fl) {
 		fl.rtoTimer.Stop()
 		return true // a retransmitted SYN raced its first copy
 	}
-	if g.tx.flows == nil {
-		g.tx.flows = make(map[flowKey4]*txFlow)
-	}
-	g.tx.flows[k] = fl
-	g.tx.mu.Unlock()
 	r := &TCPRequest{
 		Src: netip.AddrPortFrom(fromTCPIP(fl.remote), fl.rport),
 		Dst: netip.AddrPortFrom(fromTCPIP(fl.local), fl.lport),

@@ -22,7 +22,6 @@ package stack
 
 import (
 	"net/netip"
-	"sync"
 	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -35,51 +34,6 @@ import (
 // udpTTL is the TTL of datagrams the gateway sends past netstack: gVisor's
 // default, so both paths look alike.
 const udpTTL = 64
-
-// flowKey4 names an IPv4 flow as frames from the guest carry it: the guest's
-// address and port first.
-type flowKey4 struct {
-	src, dst     [4]byte
-	sport, dport uint16
-}
-
-// udpShortcuts maps flows to the conns that take their datagrams past
-// netstack. Lookups happen for every UDP frame; changes once per flow.
-type udpShortcuts struct {
-	mu    sync.RWMutex
-	conns map[flowKey4]*UDPConn
-}
-
-func (s *udpShortcuts) lookup(k flowKey4) *UDPConn {
-	s.mu.RLock()
-	c := s.conns[k]
-	s.mu.RUnlock()
-	return c
-}
-
-// add registers c for k unless another conn has it (netstack allows one
-// connected socket per 4-tuple, so that is only ever a stale entry's
-// replacement racing its removal: the newcomer stays on netstack).
-func (s *udpShortcuts) add(k flowKey4, c *UDPConn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, taken := s.conns[k]; taken {
-		return false
-	}
-	if s.conns == nil {
-		s.conns = make(map[flowKey4]*UDPConn)
-	}
-	s.conns[k] = c
-	return true
-}
-
-func (s *udpShortcuts) remove(k flowKey4, c *UDPConn) {
-	s.mu.Lock()
-	if s.conns[k] == c {
-		delete(s.conns, k)
-	}
-	s.mu.Unlock()
-}
 
 // shortcut is a UDPConn's part in the shortcut: where its frames go and
 // what they carry. Its fields are set before the conn is registered.

@@ -13,13 +13,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 )
 
-// len is the number of registered conns.
-func (s *udpShortcuts) len() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.conns)
-}
-
 // readFrom reads one datagram on a guest's conn, failing the test after a
 // few seconds: a frame with a bad checksum is dropped by a guest without
 // offloads, and that must fail here rather than hang.
